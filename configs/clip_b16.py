@@ -1,0 +1,17 @@
+r"""The CLIP ViT-B/16 baseline: the B-512M recipe with no token classifier (METHOD.md).
+
+  python -m superclip_jax.main --config configs/clip_b16.py --workdir gs://BUCKET/clip_b16
+
+Expected (published, DataComp-1B, 512M samples seen at batch 16,384): ImageNet-1k zero-shot
+top-1 60.5, ImageNet-v2 53.0, COCO t->i / i->t R@1 29.0 / 46.7, Flickr30k 54.5 / 73.3.
+"""
+
+from superclip_jax import config_defaults
+
+
+def get_config(arg: str = ''):
+  c = config_defaults.sibling_config(__file__, 'superclip_b16.py', arg)
+  c.model.variant = 'clip'
+  c.loss.cls_weight = 0.0
+  c.loss.idf = 'none'
+  return c

@@ -1,0 +1,18 @@
+r"""SuperCLIP ViT-L/16, the paper's L-512M recipe (METHOD.md).
+
+  python -m superclip_jax.main --config configs/superclip_l16.py --workdir gs://BUCKET/superclip_l16
+
+Expected (published, DataComp-1B, 512M samples seen at batch 16,384): ImageNet-1k zero-shot
+top-1 70.1 (CLIP baseline 66.1), ImageNet-v2 62.5, COCO t->i / i->t R@1 35.9 / 52.2,
+Flickr30k t->i / i->t R@1 62.4 / 79.3.
+"""
+
+from superclip_jax import config_defaults
+
+
+def get_config(arg: str = ''):
+  c = config_defaults.sibling_config(__file__, 'superclip_b16.py', arg)
+  c.model.image = 'L/16'
+  c.model.text = 'L'
+  c.model.embed_dim = 768
+  return c

@@ -1,0 +1,3 @@
+"""superclip_jax: SuperCLIP (CLIP + token classification) training in JAX/Flax."""
+
+__version__ = '0.1.0'

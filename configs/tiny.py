@@ -27,4 +27,5 @@ def get_config():
   c.optim.warmup_steps = 30
   c.optim.weight_decay = 0.1
   c.log_every_steps = 25
+  c.checkpoint.every_steps = 50  # interrupt it and run the same command again: it resumes exactly
   return c

@@ -72,7 +72,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.frozen = ''  # regex over parameter paths ('image_tower/.*') that get no updates
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'synthetic'
+  c.data.source = 'synthetic'  # 'synthetic' | 'shards' (built by python -m superclip_jax.data.build)
+  c.data.shards = ''  # shard directories, comma-separated; several make a weighted mixture
+  c.data.weights = ()  # mixture weights, one per shard directory (default equal)
+  c.data.workers = 0  # Grain worker processes per host (0: decode in the training process)
+  c.data.worker_buffer = 2  # batches buffered per worker
+  c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop area range (METHOD.md)
+  c.data.long_captions = False  # the "Dual" setting: long captions feed only the classifier
+  c.data.long_context_length = 256
   c.data.global_batch_size = 16384
   c.data.num_train_samples = 512_000_000  # samples seen; sets the number of steps
   c.data.synthetic_image_size = 0  # 0: model.image_size
@@ -89,6 +96,20 @@ def default_config() -> ml_collections.ConfigDict:
       ('heads', 'tensor'),
       ('vocab', 'tensor'),
   )
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000  # 0: only at the end (and on preemption)
+  c.checkpoint.keep = 3  # the newest K ...
+  c.checkpoint.keep_every = 0  # ... plus every M-th step forever (0: none)
+  c.checkpoint.async_save = True
+  c.checkpoint.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+
+  # Weights-only initialisation (LiT-style runs, fine-tuning): a workdir with checkpoints or
+  # an export; optionally only the image tower. Combine with optim.frozen to lock it.
+  c.init_from = ''
+  c.init_image_tower_only = False
+
+  c.nonfinite = 'stop'  # a NaN/Inf loss or gradient: 'stop' the run, or 'skip' the update and count it
 
   c.log_every_steps = 50
   c.total_steps = 0  # 0: num_train_samples // global_batch_size
@@ -109,7 +130,8 @@ _CHOICES = {
     'loss.contrastive': ('softmax', 'sigmoid', 'none'),
     'loss.idf': ('online', 'offline', 'none'),
     'optim.schedule': ('cosine', 'constant'),
-    'data.source': ('synthetic',),
+    'data.source': ('synthetic', 'shards'),
+    'nonfinite': ('stop', 'skip'),
 }
 
 
@@ -150,8 +172,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"model.variant={config.model.variant!r} needs a contrastive loss")
   if config.model.variant == 'clip' and config.loss.cls_weight != 0:
     raise ValueError("model.variant='clip' has no token classifier: set loss.cls_weight=0")
-  if config.loss.idf == 'offline' and not config.loss.idf_offline_stats:
-    raise ValueError("loss.idf='offline' needs loss.idf_offline_stats (an .npz path)")
+  if config.loss.idf == 'offline' and not config.loss.idf_offline_stats and config.data.source != 'shards':
+    raise ValueError("loss.idf='offline' needs loss.idf_offline_stats (an .npz path) or shards")
+  if config.data.source == 'shards' and not config.data.shards:
+    raise ValueError("data.source='shards' needs data.shards (a directory made by superclip_jax.data.build)")
   if config.data.global_batch_size <= 0:
     raise ValueError('data.global_batch_size must be positive')
   if len(tuple(config.mesh.shape)) != 3:

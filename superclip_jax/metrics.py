@@ -104,6 +104,20 @@ class JsonlTensorBoardWriter(MetricWriter):
       self._tb.close()
 
 
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drop rows logged after `last_step` (a run that died after its last checkpoint); returns rows dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if line.strip() and json.loads(line).get('step', 0) <= last_step]
+  if len(keep) != len(lines):
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(keep)
+    os.replace(path + '.tmp', path)
+  return len(lines) - len(keep)
+
+
 def _to_python(v):
   v = np.asarray(jax.device_get(v))
   if v.ndim == 0:

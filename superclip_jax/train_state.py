@@ -29,14 +29,20 @@ class TrainState:
   opt_state: Any
   idf_counts: dict  # exact 64-bit counts (idf.py); empty for a model without a token classifier
   rng: jax.Array  # uint32 PRNG key data, for stochastic parts added later (drop-path, masking)
+  nonfinite_updates: jax.Array  # int32: updates skipped for a NaN/Inf loss or gradient
+  first_nonfinite_step: jax.Array  # int32: the first such step (counted from 1, as logged), -1 if none
 
 
-def initial_idf_counts(config: ml_collections.ConfigDict, variant: str) -> dict[str, np.ndarray]:
-  """Zero counts for online IDF, the dataset's counts for offline IDF, nothing otherwise."""
+def initial_idf_counts(config: ml_collections.ConfigDict, variant: str,
+                       offline_stats: str | None = None) -> dict[str, np.ndarray]:
+  """Zero counts for online IDF, the dataset's counts for offline IDF, nothing otherwise.
+
+  offline_stats: the .npz of document frequencies (default config.loss.idf_offline_stats).
+  """
   if variant == 'clip' or config.loss.idf == 'none':
     return {}
   if config.loss.idf == 'offline':
-    path = config.loss.idf_offline_stats
+    path = offline_stats or config.loss.idf_offline_stats
     try:
       stats = np.load(path)
       doc_freq, num_samples = stats['doc_freq'], int(stats['num_samples'])
@@ -54,10 +60,27 @@ def state_shardings(abstract: TrainState, model_def: ModelDef, tx: optax.Gradien
   """Shardings for every leaf: params by logical axes, optimizer moments like their params."""
   param_sh = sharding.tree_shardings(model_def.logical_axes(), abstract.params, mesh, rules)
   rep = sharding.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: rep)
+  by_path = {tuple(k.key for k in path): (sh, leaf.shape) for (path, sh), leaf in zip(
+      jax.tree_util.tree_leaves_with_path(param_sh), jax.tree.leaves(abstract.params))}
+
+  def like_its_param(path, leaf):
+    # An optimizer leaf whose path ends in a parameter's path (Adam's mu/nu, also inside
+    # multi_transform's masked states) is sharded like that parameter; the rest replicate.
+    keys = []
+    for k in reversed(path):
+      if not isinstance(k, jax.tree_util.DictKey):
+        break
+      keys.insert(0, k.key)
+    for start in range(len(keys)):
+      match = by_path.get(tuple(keys[start:]))
+      if match and match[1] == leaf.shape:
+        return match[0]
+    return rep
+
+  opt_sh = jax.tree_util.tree_map_with_path(like_its_param, abstract.opt_state)
   return TrainState(step=rep, params=param_sh, opt_state=opt_sh,
-                    idf_counts=jax.tree.map(lambda _: rep, abstract.idf_counts), rng=rep)
+                    idf_counts=jax.tree.map(lambda _: rep, abstract.idf_counts), rng=rep,
+                    nonfinite_updates=rep, first_nonfinite_step=rep)
 
 
 def create_train_state(model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict,
@@ -67,7 +90,9 @@ def create_train_state(model_def: ModelDef, tx: optax.GradientTransformation, id
     params = model_def.init()
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       idf_counts=jax.tree.map(jnp.asarray, idf_counts),
-                      rng=jax.random.key_data(jax.random.key(seed)))
+                      rng=jax.random.key_data(jax.random.key(seed)),
+                      nonfinite_updates=jnp.zeros((), jnp.int32),
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
   abstract = jax.eval_shape(init)
   shardings = state_shardings(abstract, model_def, tx, mesh, rules)
@@ -105,16 +130,25 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
       return losses.total_loss(parts, loss_weights), parts
 
     (total, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if cfg.contrastive == 'softmax':
       # CLIP clamps the log-temperature to [0, ln 100] after every optimiser step.
       params = {**params, 'logit_scale': jnp.clip(params['logit_scale'], 0.0, loss_cfg.logit_scale_max)}
-    outputs = {'loss': total, **parts, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': schedule(state.step)}
+    # A NaN/Inf loss or gradient never reaches the state: the update (and the batch's IDF
+    # counts) are dropped and the step recorded; the host stops or goes on (config.nonfinite).
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    outputs = {'loss': total, **parts, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step)}
     if 'logit_scale' in params:
       outputs['logit_scale'] = jnp.exp(params['logit_scale'])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, idf_counts=counts)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+        idf_counts=keep(counts, state.idf_counts),
+        nonfinite_updates=state.nonfinite_updates + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
+                                       state.first_nonfinite_step))
     return new_state, metrics_collection.single_from_model_output(**outputs)
 
   return step_fn

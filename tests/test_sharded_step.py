@@ -75,6 +75,10 @@ def test_sharded_step_equals_single_device(single_device, mesh_shape):
   expected = {(8, 1, 1): (None, None, None), (2, 4, 1): (None, 'fsdp', None),
               (2, 2, 2): (None, 'fsdp', 'tensor')}[mesh_shape]
   assert tuple(spec) + (None,) * (3 - len(spec)) == expected
+  # Adam's moments are sharded like their parameter.
+  moments = [sh.spec for path, sh in jax.tree_util.tree_leaves_with_path(shardings.opt_state)
+             if jax.tree_util.keystr(path).endswith("['image_tower']['transformer']['mlp_fc']['kernel']")]
+  assert len(moments) == 2 and all(m == spec for m in moments)
   batch_spec = sharding.batch_sharding(sharding.make_mesh(mesh_shape)).spec
   assert batch_spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
 

@@ -52,3 +52,22 @@ def test_tiny_supersiglip_learns(tmp_path):
   # Measured: 6.04 -> 3.74 over 120 steps; SigLIP starts slower at batch 64 (bias -10).
   assert rows[-1]['contrastive_loss'] < 0.75 * rows[0]['contrastive_loss']
   assert rows[-1]['cls_loss'] < rows[0]['cls_loss'] - 0.5
+
+
+@pytest.mark.slow
+def test_tiny_trains_from_built_shards_with_offline_idf(tmp_path):
+  import corpus
+  from superclip_jax.data import build
+  for i in range(2):
+    corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(32, start=32 * i))
+  build.build(f"webdataset:{tmp_path}/in/{{00000..00001}}.tar", str(tmp_path / 'shards'), progress=False)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', f"configs/tiny_shards.py:{tmp_path / 'shards'}",
+         '--workdir', str(tmp_path / 'run'), '--config.total_steps=40', '--config.log_every_steps=10',
+         '--config.data.global_batch_size=16', '--config.loss.idf=offline', '--config.data.workers=1']
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert rows[-1]['step'] == 40 and rows[-1]['data/skipped_examples'] == 0
+  assert rows[-1]['loss'] < rows[0]['loss']
+  assert rows[-1]['cls_loss'] < rows[0]['cls_loss']

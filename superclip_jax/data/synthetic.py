@@ -118,3 +118,28 @@ class SyntheticImageText:
     start = step * global_batch_size + process_index * local
     samples = [self.sample(i) for i in range(start, start + local)]
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+class SyntheticBatches:
+  """An iterator of this process's synthetic batches with get_state/set_state (the step)."""
+
+  def __init__(self, source: SyntheticImageText, global_batch_size: int, process_index: int = 0,
+               process_count: int = 1):
+    self.source = source
+    self.global_batch_size = global_batch_size
+    self.process_index, self.process_count = process_index, process_count
+    self.step = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = self.source.batch(self.step, self.global_batch_size, self.process_index, self.process_count)
+    self.step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {'step': self.step}
+
+  def set_state(self, state) -> None:
+    self.step = int(state['step'])

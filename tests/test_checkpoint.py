@@ -1,0 +1,166 @@
+"""Checkpoints: restore onto other meshes, fallback from a corrupt or incompatible newest
+checkpoint, export -> load -> encode, weights-only init, the non-finite guard."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from superclip_jax import checkpoint, export, optim, sharding, train, train_state
+from superclip_jax.data import synthetic
+from superclip_jax.models.superclip import ModelConfig, ModelDef
+
+from test_sharded_step import small_config
+
+
+class _Data:
+  """A data iterator stand-in with a state (the real ones are tested in test_pipeline)."""
+
+  def __init__(self, position=0):
+    self.position = position
+
+  def get_state(self):
+    return {'position': self.position}
+
+  def set_state(self, state):
+    self.position = state['position']
+
+
+def _state_on(config, mesh_shape, devices):
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
+  tx, _ = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), 10)
+  counts = train_state.initial_idf_counts(config, 'superclip')
+  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh,
+                                                    tuple(tuple(r) for r in config.mesh.rules), config.seed)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  return state, target
+
+
+def _config(**kw):
+  c = small_config()
+  c.checkpoint.every_steps = 1
+  c.checkpoint.async_save = True
+  c.update(kw)
+  return c
+
+
+@pytest.mark.parametrize('to_shape,to_devices', [((2, 2, 2), 8), ((4, 1, 1), 4), ((1, 2, 2), 4), ((1, 1, 1), 1)])
+def test_restore_onto_another_mesh_equals_saved_arrays(tmp_path, to_shape, to_devices):
+  config = _config()
+  state, _ = _state_on(config, (8, 1, 1), jax.devices())
+  state = state.replace(step=state.step + 7)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(7, state, _Data(123), config, force=True)
+  ckpt.wait()
+  _, target = _state_on(config, to_shape, jax.devices()[:to_devices])
+  data = _Data()
+  restored = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, data, config)
+  assert data.position == 123
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored)
+  for leaf, t in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+    assert leaf.sharding.is_equivalent_to(t.sharding, leaf.ndim)
+
+
+def _corrupt(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True) if os.path.isfile(f)]
+  for f in files:
+    with open(f, 'r+b') as fh:
+      fh.truncate(max(os.path.getsize(f) // 3, 1))
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  config = _config()
+  state, target = _state_on(config, (1, 1, 1), jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(1, state.replace(step=state.step + 1), _Data(1), config, force=True)
+  ckpt.save(2, state.replace(step=state.step + 2), _Data(2), config, force=True)
+  ckpt.close()
+  _corrupt(str(tmp_path / 'checkpoints' / '2'))
+  data = _Data()
+  with caplog.at_level('WARNING'):
+    restored = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, data, config)
+  assert int(restored.step) == 1 and data.position == 1
+  assert any('checkpoints/2' in r.getMessage() and 'previous' in r.getMessage() for r in caplog.records)
+
+
+def test_incompatible_checkpoint_is_named_and_never_silently_replaced(tmp_path):
+  config = _config()
+  state, _ = _state_on(config, (1, 1, 1), jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(3, state, _Data(), config, force=True)
+  ckpt.close()
+  other = _config()
+  other.model.embed_dim = 16
+  _, target = _state_on(other, (1, 1, 1), jax.devices()[:1])
+  with pytest.raises(RuntimeError, match=r"model.embed_dim: checkpoint 32, this run 16"):
+    checkpoint.Checkpointer(str(tmp_path), other).restore_latest(target, _Data(), other)
+
+
+def test_export_load_encode_matches_the_training_model(tmp_path):
+  config = _config()
+  state, _ = _state_on(config, (2, 2, 2), jax.devices())
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'run'), config)
+  ckpt.save(5, state, _Data(), config, force=True)
+  ckpt.close()
+  out = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
+  model = export.load(out)
+  assert set(model.params) == {'image_tower', 'text_tower', 'logit_scale'}  # no classifier, optimizer or IDF
+  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
+                                      pad_id=0, seed=4).batch(0, 6)
+  train_model = ModelDef(ModelConfig.from_config(config)).bind(jax.device_get(state.params))
+  np.testing.assert_allclose(model.encode_image(data['images']), train_model.encode_image(data['images']),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model.encode_text(data['text']), train_model.encode_text(data['text']),
+                             rtol=1e-5, atol=1e-6)
+  # Text given as strings goes through the export's own tokenizer.
+  caption = synthetic.caption(5, 0)
+  np.testing.assert_allclose(model.encode_text([caption]),
+                             train_model.encode_text(model.tokenizer([caption])), rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_export_image_tower_frozen(tmp_path):
+  config = _config()
+  state, _ = _state_on(config, (1, 1, 1), jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'run'), config)
+  ckpt.save(1, state, _Data(), config, force=True)
+  ckpt.close()
+  exported = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
+  lit = _config()
+  lit.seed = 99  # different fresh init, so taking the weights is visible
+  lit.init_from = exported
+  lit.init_image_tower_only = True
+  lit.optim.frozen = 'image_tower/.*'
+  lit.total_steps = 3
+  lit.log_every_steps = 1
+  lit.mesh.shape = (8, 1, 1)
+  train.run(lit, str(tmp_path / 'lit'))
+  final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'lit'))
+  trained = checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params']
+  source = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, trained['image_tower'], source['image_tower'])
+  assert not np.allclose(trained['text_tower']['text_projection'], source['text_tower']['text_projection'])
+  bad = _config()
+  bad.model.embed_dim = 48
+  bad.init_from = exported
+  with pytest.raises(ValueError, match=r"\['image_tower'\]\['proj'\]: shape \(64, 32\) in .*, \(64, 48\) here"):
+    train.run(bad, str(tmp_path / 'bad'))
+
+
+@pytest.mark.parametrize('mode', ['stop', 'skip'])
+def test_nonfinite_guard(tmp_path, mode):
+  config = _config(nonfinite=mode, total_steps=4, log_every_steps=1)
+  config.checkpoint.every_steps = 1
+  config.mesh.shape = (8, 1, 1)
+  config.optim.learning_rate = 1e30  # the first update makes every later loss non-finite
+  if mode == 'stop':
+    with pytest.raises(train.NonFiniteError, match=r'at step 2; the last good checkpoint is .*checkpoints/1'):
+      train.run(config, str(tmp_path))
+    return
+  rows = train.run(config, str(tmp_path))
+  assert rows[-1]['nonfinite_updates'] == 3
+  final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path))
+  params = checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params']
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))

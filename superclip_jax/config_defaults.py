@@ -111,6 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.nonfinite = 'stop'  # a NaN/Inf loss or gradient: 'stop' the run, or 'skip' the update and count it
 
+  # Named evaluators (evals/runner.py: evaluator(kind=..., shards=..., every_steps=...)).
+  c.evals = ml_collections.ConfigDict()
+
   c.log_every_steps = 50
   c.total_steps = 0  # 0: num_train_samples // global_batch_size
   return c
@@ -150,7 +153,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raise ValueError for an unknown key (naming the closest valid one) or a bad value."""
   valid = _flat_keys(default_config())
   given = _flat_keys(config)
+  if config.evals:
+    from superclip_jax.evals import runner  # imported on use: it pulls in jax and grain
+    runner.validate(config.evals)
   for key in given:
+    if key.startswith('evals.'):
+      continue
     if key not in valid:
       close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
       hint = f"; did you mean '{close[0]}'?" if close else ''

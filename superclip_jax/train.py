@@ -14,6 +14,7 @@ from absl import logging
 
 from superclip_jax import checkpoint, config_defaults, metrics, optim, sharding, train_state
 from superclip_jax.data import pipeline, records, synthetic
+from superclip_jax.evals import runner
 from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
 
 
@@ -118,6 +119,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
                    f' ({dropped} metric rows after it dropped)' if dropped else '')
   writer.write_hparams(config.to_dict())
 
+  # ---- Evaluators (config.evals) --------------------------------------------------------------
+  evaluators = runner.Evaluators(config, model_def, mesh, shardings.params) if config.evals else None
+
   # ---- The jitted train step --------------------------------------------------------------
   train_step, _ = train_state.jit_train_step(model_def, tx, schedule, config, shardings, mesh)
 
@@ -161,6 +165,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
           history.append({'step': done, **row})
         if saving:
           ckpt.save(done, state, data, config, force=True)
+        due = evaluators.due(done, total_steps) if evaluators and not stop else []
+        if due:
+          results = evaluators.run(state.params, due)
+          writer.write_scalars(done, results)
+          for key, value in sorted(results.items()):
+            logging.info('step %d | %s %.4f', done, key, value)
+          history.append({'step': done, **results})
         if stop:
           ckpt.wait()
           logging.warning('preempted: checkpoint of step %d saved to %s; exiting', done, ckpt.path(done))

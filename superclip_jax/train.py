@@ -9,7 +9,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from superclip_jax import checkpoint, config_defaults, metrics, optim, sharding, train_state

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from ml_collections import config_flags  # noqa: F401  (the loader the CLI uses)
 
 from superclip_jax import config_defaults
 

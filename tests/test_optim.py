@@ -2,9 +2,7 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from superclip_jax import config_defaults, optim

@@ -55,18 +55,24 @@ def write_report(results: dict, samples: int, seeds, batches, out_dir: str, seco
            f'({seconds / 60:.0f} min on this machine: 2 CPU cores).',
            f'Every run sees {samples} samples (configs/demo_mnist.py model, 4,000 training digits); '
            'metrics on the 1,000 held-out digits, mean +- std over seeds, in %.', '',
-           '| global batch | model | ' + ' | '.join(name for _, name in METRICS) + ' |',
-           '|---|---|' + '---|' * len(METRICS)]
+           '| global batch | steps | model | ' + ' | '.join(name for _, name in METRICS) + ' |',
+           '|---|---|---|' + '---|' * len(METRICS)]
   for batch in batches:
     for model in ('clip', 'superclip'):
       cells = []
       for key, _ in METRICS:
         values = np.array([results[(model, batch, s)][key] for s in seeds]) * 100
         cells.append(f'{values.mean():.1f} +- {values.std():.1f}')
-      lines.append(f'| {batch} | {"CLIP" if model == "clip" else "SuperCLIP"} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {batch} | {max(1, samples // batch)} | {"CLIP" if model == "clip" else "SuperCLIP"} | '
+                   + ' | '.join(cells) + ' |')
   lines += ['', 'Gain of SuperCLIP over CLIP in zero-shot top-1 (points): ' + ', '.join(
       f'batch {b}: {100 * (np.mean([results[("superclip", b, s)][METRICS[0][0]] for s in seeds]) - np.mean([results[("clip", b, s)][METRICS[0][0]] for s in seeds])):+.1f}'
-      for b in batches) + '.', '', 'Raw results: `small_batch.json`.']
+      for b in batches) + '.', '',
+      'Read with care: a fixed sample budget gives the larger batches proportionally fewer optimizer '
+      'steps (the steps column), so at this budget the largest batch may not get past chance for '
+      'either model, and its "gain" then says nothing. The test captions repeat one phrasing per '
+      'digit, so text->image R@1 is decided by 10 distinct texts (multiples of 10%) and retrieval '
+      'counts a text as right for every image of its digit.', '', 'Raw results: `small_batch.json`.']
   with open(os.path.join(out_dir, 'small_batch.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(os.path.join(out_dir, 'small_batch.json'), 'w') as f:
@@ -100,7 +106,17 @@ def main(argv=None):
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--batches', default='16,64,256')
   parser.add_argument('--out', default=os.path.join(ROOT, 'docs'))
+  parser.add_argument('--from-json', default='', help='rewrite the report from a saved small_batch.json')
+  parser.add_argument('--minutes', type=float, default=0, help='with --from-json: the original run time')
   args = parser.parse_args(argv)
+  if args.from_json:
+    with open(args.from_json) as f:
+      rows = json.load(f)
+    results = {(r['model'], r['batch'], r['seed']): {k: r[k] for k, _ in METRICS} for r in rows}
+    seeds = sorted({r['seed'] for r in rows})
+    batches = sorted({r['batch'] for r in rows})
+    print(write_report(results, args.samples, seeds, batches, args.out, args.minutes * 60))
+    return
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in args.seeds.split(',')]

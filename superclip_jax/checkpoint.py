@@ -110,10 +110,12 @@ class Checkpointer:
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state, data, config: ml_collections.ConfigDict, force: bool = False) -> bool:
-    """Start saving (asynchronously); True if a save was started."""
-    if not force and (self.every <= 0 or step % self.every):
-      return False
+  def due(self, step: int, total_steps: int) -> bool:
+    """Whether `step` is a regular save point: every `every_steps` and the last step."""
+    return step == total_steps or (self.every > 0 and step % self.every == 0)
+
+  def save(self, step: int, state, data, config: ml_collections.ConfigDict) -> bool:
+    """Start saving this step (asynchronously); the caller decides when (see `due`)."""
     return self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=DataStateSave(data.get_state()),

@@ -17,6 +17,11 @@ from superclip_jax.evals import runner
 from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
 
 
+def shard_dirs(config: ml_collections.ConfigDict) -> list[str]:
+  """The comma-separated data.shards as a list of directories."""
+  return [d.strip() for d in config.data.shards.split(',') if d.strip()]
+
+
 def build_data(config: ml_collections.ConfigDict):
   """This process's training batches: an iterator with get_state/set_state."""
   global_batch = config.data.global_batch_size
@@ -30,7 +35,7 @@ def build_data(config: ml_collections.ConfigDict):
         seed=config.seed)
     return synthetic.SyntheticBatches(source, global_batch, jax.process_index(), jax.process_count())
   batches = pipeline.ShardBatches(pipeline.PipelineConfig(
-      shard_dirs=[d.strip() for d in config.data.shards.split(',') if d.strip()],
+      shard_dirs=shard_dirs(config),
       weights=tuple(config.data.weights), batch_size=global_batch // jax.process_count(),
       image_size=config.model.image_size, context_length=config.model.context_length,
       long_context_length=config.data.long_context_length if config.data.long_captions else 0,
@@ -57,7 +62,7 @@ def offline_idf_stats_path(config: ml_collections.ConfigDict) -> str:
   """An explicit stats file, else the document frequencies the shard builder wrote."""
   if config.loss.idf_offline_stats or config.loss.idf != 'offline':
     return config.loss.idf_offline_stats
-  dirs = [d.strip() for d in config.data.shards.split(',') if d.strip()]
+  dirs = shard_dirs(config)
   if len(dirs) != 1:
     raise ValueError('loss.idf=offline over a mixture of shard sets needs loss.idf_offline_stats')
   return os.path.join(dirs[0], records.DOC_FREQ)
@@ -149,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
           throughput = metrics.Throughput(global_batch, total_steps, done)
         stop = preemption.should_stop(done)
         boundary = done % config.log_every_steps == 0 or done == total_steps or stop
-        saving = stop or done == total_steps or (ckpt.every > 0 and done % ckpt.every == 0)
+        saving = stop or ckpt.due(done, total_steps)
         if boundary or saving:
           _check_finite(state, config, ckpt)
         if boundary:
@@ -163,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
           metrics.log_console(metrics.console_line(done, total_steps, row))
           history.append({'step': done, **row})
         if saving:
-          ckpt.save(done, state, data, config, force=True)
+          ckpt.save(done, state, data, config)
         due = evaluators.due(done, total_steps) if evaluators and not stop else []
         if due:
           results = evaluators.run(state.params, due)

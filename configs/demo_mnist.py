@@ -10,7 +10,7 @@ image<->text retrieval on them, and a linear probe. Measured: see README.
 
 from superclip_jax import config_defaults
 from superclip_jax.data import mnist_demo
-from superclip_jax.evals.runner import evaluator
+from superclip_jax.evals.registry import evaluator
 
 
 def get_config(arg: str = ''):
@@ -23,7 +23,7 @@ def get_config(arg: str = ''):
   c.model.text = 'tiny'
   c.model.embed_dim = 128
   c.model.context_length = 16
-  c.data.source = 'shards'
+  c.data.kind = 'shards'
   c.data.shards = shards['train']
   c.data.global_batch_size = 128
   c.data.crop_scale = (0.8, 1.0)
@@ -40,11 +40,10 @@ def get_config(arg: str = ''):
   c.evals.retrieval = evaluator(kind='retrieval', shards=shards['test'], batch_size=500, match='label')
   c.evals.probe = evaluator(kind='linear_probe', shards=shards['test'], train_shards=shards['train'],
                             batch_size=500)
-  for part in filter(None, arg.split(',')):
-    key, value = part.split('=')
-    if key != 'steps':
-      raise ValueError(f'unknown config argument {key!r} (known: steps)')
-    c.total_steps = int(value)
-    c.log_every_steps = max(1, int(value) // 10)
-    c.checkpoint.every_steps = c.evals.zeroshot.every_steps = max(1, int(value) // 2)
+  args = config_defaults.parse_config_args(arg, {'steps': int}, 'configs/demo_mnist.py')
+  if 'steps' in args:
+    steps = args['steps']
+    c.total_steps = steps
+    c.log_every_steps = max(1, steps // 10)
+    c.checkpoint.every_steps = c.evals.zeroshot.every_steps = max(1, steps // 2)
   return c

@@ -19,8 +19,8 @@ def get_config():
   c.model.context_length = 16
   # Synthetic captions use a 27-word vocabulary; a small id space keeps the head cheap.
   c.model.vocab_size = 64
-  c.loss.sot_id = 62
-  c.loss.eot_id = 63
+  c.tokenizer.sot_id = 62
+  c.tokenizer.eot_id = 63
   c.data.global_batch_size = 64
   c.total_steps = 300
   c.optim.learning_rate = 1e-3

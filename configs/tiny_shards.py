@@ -12,11 +12,11 @@ from superclip_jax import config_defaults
 def get_config(arg: str = ''):
   """arg: the shard directory (or comma-separated directories)."""
   c = config_defaults.sibling_config(__file__, 'tiny.py')
-  c.data.source = 'shards'
+  c.data.kind = 'shards'
   c.data.shards = arg
   c.model.context_length = 32
   c.model.vocab_size = config_defaults.CLIP_VOCAB_SIZE
-  c.loss.sot_id = config_defaults.CLIP_SOT_ID
-  c.loss.eot_id = config_defaults.CLIP_EOT_ID
+  c.tokenizer.sot_id = config_defaults.CLIP_SOT_ID
+  c.tokenizer.eot_id = config_defaults.CLIP_EOT_ID
   c.data.workers = 0
   return c

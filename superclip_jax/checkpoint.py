@@ -1,95 +1,73 @@
-"""Orbax checkpoints: async saves, exact auto-resume with fallback, preemption, weights-only init.
+"""Orbax checkpoints: async saves, exact auto-resume, preemption, on any mesh and process count.
 
 A checkpoint (one Orbax step directory, written to a temporary name and renamed when
 complete, so a crash mid-save leaves the previous one usable) holds:
-  state   the TrainState (params, optimizer, IDF counts, step, RNG), restored onto any mesh
-          through ShapeDtypeStruct targets that carry the new sharding
-  data    every process's input-iterator position (one JSON file per process)
-  config  the run's config, to detect an incompatible checkpoint before restoring it
+  state   the TrainState, restored onto any mesh and any number of processes through
+          ShapeDtypeStruct targets that carry the new sharding
+  loop    the loop's position: the next batch (the data position is the step alone; see
+          data/pipeline.py), the metrics accumulated since the last log row and the
+          throughput clock, so a resumed run logs exactly what an unbroken one would
+  config  the run's config, shown when a checkpoint does not fit this run
+
+Whether a checkpoint fits is read from Orbax's saved tree metadata against the abstract
+target: a parameter or optimizer leaf missing, extra or of another shape is named.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import signal
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 
-# Config keys that change the parameter tree or its shapes: a checkpoint written with other
-# values cannot be restored into this run.
-STRUCTURAL_KEYS = (
-    'model.variant', 'model.image', 'model.text', 'model.embed_dim', 'model.image_size',
-    'model.vocab_size', 'model.context_length', 'model.image_width', 'model.image_depth',
-    'model.image_heads', 'model.patch_size', 'model.text_width', 'model.text_depth',
-    'model.text_heads', 'loss.contrastive', 'loss.idf', 'optim.grad_clip_norm', 'optim.frozen')
+from superclip_jax import config_defaults, storage
+from superclip_jax.errors import UserError
 
 
-class DataStateHandler(ocp.CheckpointHandler):
-  """Saves each process's input-iterator state as process_<i>-of-<n>.json."""
-
-  def save(self, directory: epath.Path, args: 'DataStateSave'):
-    name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    (directory / name).write_text(json.dumps(args.state))
-
-  def restore(self, directory: epath.Path, args: 'DataStateRestore' = None):
-    path = directory / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    if not path.exists():
-      raise FileNotFoundError(f'{path}: no input state for this process (was the checkpoint written '
-                              'with another number of processes?)')
-    return json.loads(path.read_text())
-
-  def metadata(self, directory):
-    return None
-
-  def structure(self, directory):
-    return None
-
-  def finalize(self, directory):
-    pass
-
-  def close(self):
-    pass
+class IncompatibleCheckpoint(UserError):
+  """A checkpoint whose tree does not fit this run's model or optimizer."""
 
 
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-  state: Any
+def key_name(k) -> str:
+  for attr in ('name', 'key', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
 
 
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-  pass
+def flat_names(tree: Any) -> dict[str, Any]:
+  """{'params.image_tower.proj': leaf, ...}: leaves by the dotted names Orbax stores them under."""
+  return {'.'.join(key_name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf is not None}
 
 
-def _flat(d: dict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
+def tree_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str]:
+  """Readable lines for leaves missing, extra or of another shape/dtype between two flat trees."""
+  problems = []
+  # Parameters first: they say what changed; optimizer leaves follow them.
+  for name in sorted(set(saved) | set(target), key=lambda n: (not n.startswith('params.'), n)):
+    if name not in target:
+      problems.append(f'{name}: in the checkpoint, not in this run')
+    elif name not in saved:
+      problems.append(f'{name}: in this run, not in the checkpoint')
     else:
-      out[f'{prefix}{k}'] = v
-  return out
+      a, b = saved[name], target[name]
+      if tuple(a.shape) != tuple(b.shape) or str(a.dtype) != str(b.dtype):
+        problems.append(f'{name}: checkpoint {tuple(a.shape)} {a.dtype}, this run {tuple(b.shape)} {b.dtype}')
+  return problems
 
 
-def incompatibilities(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """Structural config keys whose saved value differs from this run's, as readable lines."""
-  saved_flat = _flat(saved)
-  now_flat = _flat(json.loads(json.dumps(config.to_dict())))
-  return [f'{k}: checkpoint {saved_flat.get(k)!r}, this run {now_flat.get(k)!r}'
-          for k in STRUCTURAL_KEYS if saved_flat.get(k) != now_flat.get(k)]
-
-
-class IncompatibleCheckpoint(ValueError):
-  pass
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """model.*, loss.* and optim.* keys whose saved value differs from this run's (hints only)."""
+  old = config_defaults.flat_keys(saved)
+  new = config_defaults.flat_keys(json.loads(json.dumps(config.to_dict())))
+  return [f'{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}' for k in sorted(new)
+          if k.split('.')[0] in ('model', 'loss', 'optim', 'tokenizer') and old.get(k) != new.get(k)]
 
 
 class Checkpointer:
@@ -97,61 +75,88 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     c = config.checkpoint
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')
     self.every = int(c.every_steps)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(self.every, 1), max_to_keep=c.keep or None,
         keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front, so a fresh process can read the saved items' metadata.
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'loop': ocp.JsonCheckpointHandler(),
+                'config': ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return storage.join(self.directory, str(step))
 
   def due(self, step: int, total_steps: int) -> bool:
     """Whether `step` is a regular save point: every `every_steps` and the last step."""
     return step == total_steps or (self.every > 0 and step % self.every == 0)
 
-  def save(self, step: int, state, data, config: ml_collections.ConfigDict) -> bool:
+  def save(self, step: int, state, loop: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
     """Start saving this step (asynchronously); the caller decides when (see `due`)."""
     return self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=DataStateSave(data.get_state()),
+        loop=ocp.args.JsonSave(loop),
         config=ocp.args.JsonSave(json.loads(json.dumps(config.to_dict())))))
 
-  def restore_latest(self, target, data, config: ml_collections.ConfigDict):
-    """The newest checkpoint that restores, else None if there is none.
+  def check_fits(self, step: int, target, config: ml_collections.ConfigDict | None = None) -> None:
+    """Raise IncompatibleCheckpoint naming every leaf that does not fit `target`."""
+    meta = self.manager.item_metadata(step)['state']
+    if meta is None:
+      raise ValueError(f'{self.path(step)}: no readable state metadata')
+    saved = flat_names(getattr(meta, 'tree', meta))
+    problems = tree_mismatches(saved, flat_names(target))
+    if problems:
+      hint = ''
+      if config is not None:
+        try:
+          saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+          diff = config_differences(saved_config, config)
+          hint = ('\nconfig keys that differ: ' + '; '.join(diff[:12])) if diff else ''
+        except Exception:  # a hint only; the tree mismatch is the error
+          pass
+      shown = problems[:12] + ([f'... and {len(problems) - 12} more'] if len(problems) > 12 else [])
+      raise IncompatibleCheckpoint(
+          f'checkpoint {self.path(step)} does not fit this run ({len(problems)} leaves differ: '
+          + '; '.join(shown) + ')' + hint + '\nuse another --workdir, or the config it was written with')
 
-    A corrupt or incompatible newest checkpoint is skipped with a warning naming it and the
-    one before is tried; if checkpoints exist but none restores, that is an error (a fresh
-    start would silently overwrite them).
+  def restore_latest(self, target, config: ml_collections.ConfigDict) -> tuple[Any, dict] | None:
+    """(state, loop position) of the newest checkpoint that restores, else None if there is none.
+
+    A damaged newest checkpoint is skipped with a warning naming it and the one before is
+    tried. One that does not fit this run's model stops the run (IncompatibleCheckpoint):
+    falling back to an older one would hide the mistake. If checkpoints exist but none
+    restores, that is an error (a fresh start would silently overwrite them).
     """
     steps = self.steps()
     problems = []
     for step in reversed(steps):
       try:
-        return self.restore(step, target, data, config)
+        self.check_fits(step, target, config)
+      except IncompatibleCheckpoint:
+        raise
+      except Exception as e:  # unreadable metadata: a damaged checkpoint
+        problems.append(f'step {step}: {e}')
+        logging.warning('checkpoint %s cannot be read (%s); trying the previous one', self.path(step), e)
+        continue
+      try:
+        return self.restore(step, target)
       except Exception as e:  # Orbax/TensorStore raise many types for damaged files
         problems.append(f'step {step}: {e}')
         logging.warning('checkpoint %s cannot be restored (%s); trying the previous one', self.path(step), e)
     if steps:
-      raise RuntimeError(f'no usable checkpoint in {self.directory}:\n  ' + '\n  '.join(problems))
+      raise UserError(f'no usable checkpoint in {self.directory}:\n  ' + '\n  '.join(problems))
     return None
 
-  def restore(self, step: int, target, data, config: ml_collections.ConfigDict):
-    """Restore one step onto `target`'s shardings and the data iterator; returns the state."""
-    saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-    problems = incompatibilities(saved_config, config)
-    if problems:
-      raise IncompatibleCheckpoint(f'written with another model or optimizer config: {"; ".join(problems)}')
+  def restore(self, step: int, target) -> tuple[Any, dict]:
+    """Restore one step onto `target`'s shardings; returns (state, loop position)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=DataStateRestore()))
-    if data is not None:
-      data.set_state(restored['data'])
+        state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
     logging.info('restored %s', self.path(step))
-    return restored['state']
+    return restored['state'], dict(restored['loop'] or {})
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -187,65 +192,29 @@ class PreemptionWatcher:
     if step % self.check_every:
       return False
     from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(jax.numpy.asarray(self.requested))
-    return bool(flags.any())
+    # A host-local numpy flag (a jnp array made under the mesh would be a global array).
+    flags = multihost_utils.process_allgather(np.asarray([self.requested]))
+    return bool(np.asarray(flags).any())
 
   def restore_handler(self):
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def latest_checkpoint_dir(workdir: str) -> tuple[str, int]:
+  """(path of the newest finished step directory, its step) under workdir/checkpoints."""
+  directory = storage.join(storage.absolute(workdir), 'checkpoints')
+  path = storage.Path(directory)
+  steps = sorted(int(d.name) for d in path.iterdir() if d.name.isdigit()) if path.exists() else []
+  if not steps:
+    raise UserError(f'no finished checkpoint under {directory}')
+  return storage.join(directory, str(steps[-1])), steps[-1]
+
+
 def read_numpy_tree(path: str) -> dict:
-  """A saved pytree as host numpy arrays, whatever mesh wrote it."""
-  import numpy as np
+  """A saved pytree as host numpy arrays, whatever mesh wrote it (small trees, tools and tests)."""
   meta = ocp.StandardCheckpointer().metadata(path)
   tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None)
   if tree is None:
     tree = meta.item_metadata
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-
-
-def latest_checkpoint_dir(workdir: str) -> tuple[str, int]:
-  """(path of the newest finished step directory, its step) under workdir/checkpoints."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-  if not steps:
-    raise FileNotFoundError(f'no finished checkpoint under {directory}')
-  return os.path.join(directory, str(steps[-1])), steps[-1]
-
-
-def load_init_params(path: str) -> dict:
-  """Parameters of an export directory or of a workdir's newest checkpoint, as numpy."""
-  if os.path.exists(os.path.join(path, 'model_config.json')):
-    return read_numpy_tree(os.path.join(path, 'params'))
-  step_dir, _ = latest_checkpoint_dir(path)
-  return read_numpy_tree(os.path.join(step_dir, 'state'))['params']
-
-
-def merge_init_params(params: dict, loaded: dict, image_tower_only: bool, source: str) -> dict:
-  """params with the loaded values put in; every shape must match, named in the error if not.
-
-  Parameters the source lacks (an export has no token classifier) keep their fresh values.
-  """
-  flat_now = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
-  flat_loaded = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  taken, problems = set(), []
-  for name, value in flat_loaded.items():
-    if image_tower_only and not name.startswith("['image_tower']"):
-      continue
-    if name not in flat_now:
-      problems.append(f'{name}: in {source} but not in this model')
-    elif tuple(value.shape) != tuple(flat_now[name].shape):
-      problems.append(f'{name}: shape {tuple(value.shape)} in {source}, {tuple(flat_now[name].shape)} here')
-    else:
-      taken.add(name)
-  if problems:
-    raise ValueError('init_from does not fit this model:\n  ' + '\n  '.join(problems))
-  if not taken:
-    raise ValueError(f'init_from {source}: no parameter taken')
-
-  def pick(path, leaf):
-    name = jax.tree_util.keystr(path)
-    return flat_loaded[name].astype(leaf.dtype) if name in taken else leaf
-  logging.info('init_from %s: %d of %d parameter arrays loaded', source, len(taken), len(flat_now))
-  return jax.tree_util.tree_map_with_path(pick, params)

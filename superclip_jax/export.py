@@ -14,7 +14,6 @@ import argparse
 import functools
 import json
 import os
-import shutil
 from typing import Any, Sequence
 
 import jax
@@ -23,7 +22,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from superclip_jax import checkpoint
+from superclip_jax import checkpoint, cli, storage
+from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 TRAINING_ONLY = ('token_classifier',)
@@ -31,13 +31,12 @@ TRAINING_ONLY = ('token_classifier',)
 
 def _tokenizer_description(config: dict) -> dict[str, Any]:
   data = config['data']
-  if data['source'] == 'synthetic':
+  if data['kind'] == 'synthetic':
     return {'kind': 'synthetic', 'context_length': config['model']['context_length'],
-            'sot_id': config['loss']['sot_id'], 'eot_id': config['loss']['eot_id'],
+            'sot_id': config['tokenizer']['sot_id'], 'eot_id': config['tokenizer']['eot_id'],
             'vocab_size': config['model']['vocab_size']}
-  from superclip_jax.data import records
-  first = data['shards'].split(',')[0].strip()
-  tok = records.read_manifest(first)['tokenizer']
+  from superclip_jax.data import inputs, records
+  tok = records.read_manifest(inputs.shard_dirs(data['shards'])[0])['tokenizer']
   return {'kind': 'spec', 'spec': tok.get('spec', 'clip'), 'context_length': config['model']['context_length']}
 
 
@@ -46,26 +45,29 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   if step is None:
     step_dir, step = checkpoint.latest_checkpoint_dir(workdir)
   else:
-    step_dir = os.path.join(workdir, 'checkpoints', str(step))
-  with open(os.path.join(step_dir, 'config', 'metadata')) as f:
-    config = json.load(f)
+    step_dir = storage.join(storage.absolute(workdir), 'checkpoints', str(step))
+  if not storage.exists(step_dir):
+    raise UserError(f'{step_dir}: no such checkpoint')
+  config = json.loads(storage.read_text(storage.join(step_dir, 'config', 'metadata')))
   cfg = ModelConfig.from_config(ml_collections.ConfigDict(config))
-  params = checkpoint.read_numpy_tree(os.path.join(step_dir, 'state'))['params']
+  params = checkpoint.read_numpy_tree(storage.join(step_dir, 'state'))['params']
   params = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
   tokenizer = _tokenizer_description(config)
+  out = storage.absolute(out)
   if tokenizer['kind'] == 'spec' and os.path.exists(tokenizer['spec']):
-    os.makedirs(out, exist_ok=True)
-    shutil.copy(tokenizer['spec'], os.path.join(out, 'tokenizer.json'))
+    storage.makedirs(out)
+    storage.Path(storage.join(out, 'tokenizer.json')).write_bytes(open(tokenizer['spec'], 'rb').read())
     tokenizer['spec'] = 'tokenizer.json'
-  if os.path.exists(os.path.join(out, 'params')):
-    shutil.rmtree(os.path.join(out, 'params'))
+  params_dir = storage.Path(storage.join(out, 'params'))
+  if params_dir.exists():
+    params_dir.rmtree()
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(os.path.join(out, 'params')), params)
+  ckptr.save(storage.join(out, 'params'), params)
   ckptr.wait_until_finished()
-  with open(os.path.join(out, 'model_config.json'), 'w') as f:
-    json.dump({'model': cfg.to_dict(), 'tokenizer': tokenizer, 'step': step,
-               'image_mean': [0.48145466, 0.4578275, 0.40821073],
-               'image_std': [0.26862954, 0.26130258, 0.27577711]}, f, indent=1)
+  storage.write_text(storage.join(out, 'model_config.json'), json.dumps(
+      {'model': cfg.to_dict(), 'tokenizer': tokenizer, 'step': step,
+       'image_mean': [0.48145466, 0.4578275, 0.40821073],
+       'image_std': [0.26862954, 0.26130258, 0.27577711]}, indent=1))
   return out
 
 
@@ -89,13 +91,12 @@ class LoadedModel:
   """An exported model: encode_image(uint8 or normalised images), encode_text(texts or ids)."""
 
   def __init__(self, directory: str):
-    with open(os.path.join(directory, 'model_config.json')) as f:
-      meta = json.load(f)
+    meta = json.loads(storage.read_text(storage.join(directory, 'model_config.json')))
     cfg = dict(meta['model'])
     cfg['variant'] = 'clip' if cfg['variant'] == 'superclip' else cfg['variant']  # no head at inference
     self.config = ModelConfig.from_dict(cfg)
     self.model_def = ModelDef(self.config)
-    self.params = jax.tree.map(jnp.asarray, checkpoint.read_numpy_tree(os.path.join(directory, 'params')))
+    self.params = jax.tree.map(jnp.asarray, checkpoint.read_numpy_tree(storage.join(directory, 'params')))
     self.step = meta.get('step')
     tok = meta['tokenizer']
     if tok['kind'] == 'synthetic':
@@ -104,7 +105,7 @@ class LoadedModel:
       from superclip_jax.data import tokenizer as tokenizer_lib
       spec = tok['spec']
       if spec == 'tokenizer.json':
-        spec = os.path.join(directory, spec)
+        spec = storage.join(directory, spec)
       self.tokenizer = tokenizer_lib.load_tokenizer(spec, tok['context_length'])
 
   @functools.cached_property
@@ -133,8 +134,8 @@ class LoadedModel:
 
 def load(directory: str) -> LoadedModel:
   """Load an export made by `python -m superclip_jax.export`."""
-  if not os.path.exists(os.path.join(directory, 'model_config.json')):
-    raise FileNotFoundError(f'{directory}: no model_config.json (not an export of superclip_jax.export)')
+  if not storage.exists(storage.join(directory, 'model_config.json')):
+    raise UserError(f'{directory}: no model_config.json (not an export of superclip_jax.export)')
   return LoadedModel(directory)
 
 
@@ -145,7 +146,8 @@ def main(argv=None):
   parser.add_argument('--out', required=True)
   parser.add_argument('--step', type=int, default=None, help='default: the newest checkpoint')
   args = parser.parse_args(argv)
-  print(export(args.workdir, args.out, args.step))
+  with cli.user_errors('superclip_jax.export'):
+    print(export(args.workdir, args.out, args.step))
 
 
 if __name__ == '__main__':

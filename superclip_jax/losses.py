@@ -9,7 +9,8 @@ the second term only needs the caption's (at most L) distinct tokens.
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -72,31 +73,106 @@ def token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array,
   `bag` marks each distinct caption token once; a caption with no weighted token has
   q = 0 and contributes 0 (and no NaN, also in the gradient).
   """
+  return jnp.mean(per_example_token_classification_loss(logits, ids, bag, token_weights))
+
+
+def per_example_token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array,
+                                          token_weights: jax.Array) -> jax.Array:
+  """(B,): -sum_c q_c log softmax(logits)_c per example; 0 for a caption with no weighted token."""
   logits = logits.astype(jnp.float32)
   w = jnp.where(bag, token_weights[ids], 0.0)
   total = jnp.sum(w, axis=1)
   has_target = total > 0
   q = w / jnp.where(has_target, total, 1.0)[:, None]
   target_logit = jnp.sum(q * jnp.take_along_axis(logits, ids, axis=1), axis=1)
-  per_example = jnp.where(has_target, jax.nn.logsumexp(logits, axis=1) - target_logit, 0.0)
-  return jnp.mean(per_example)
+  return jnp.where(has_target, jax.nn.logsumexp(logits, axis=1) - target_logit, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """What the loss functions need to know beyond the model outputs."""
+  contrastive: str = 'softmax'  # 'softmax' | 'sigmoid' | 'none'
+  chunked: bool = False  # the ring variant of the contrastive loss (ring_loss.py)
+  batch_axes: tuple[str, ...] = ()  # mesh axes the batch is split over (for the ring)
+
+
+def contrastive_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
+                     opts: LossOptions) -> jax.Array:
+  """The configured contrastive loss over the global batch of normalised embeddings."""
+  del targets
+  args = (outputs['image_embedding'], outputs['text_embedding'], outputs['logit_scale'])
+  if opts.chunked:
+    from superclip_jax import ring_loss  # shard_map machinery, only for the ring variant
+    return ring_loss.contrastive(*args, outputs.get('logit_bias'), kind=opts.contrastive,
+                                 batch_axes=opts.batch_axes)
+  if opts.contrastive == 'softmax':
+    return softmax_contrastive_loss(*args)
+  return sigmoid_contrastive_loss(*args, outputs['logit_bias'])
+
+
+def token_classification_per_example(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
+                                     opts: LossOptions) -> jax.Array:
+  """(B,) token classification loss of each example (its batch mean is L_cls)."""
+  del opts
+  return per_example_token_classification_loss(outputs['token_logits'], targets['token_ids'], targets['bag'],
+                                               targets['token_weights'])
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """One term of the training loss: everything the trainer needs to know about it.
+
+  Adding a loss means one entry here (and its weight key in config_defaults.py): the
+  step, the metrics, the console line and the accumulation all read this table.
+  """
+  name: str  # its metric key, e.g. 'cls_loss'
+  weight_key: str | None  # the config key of its weight ('loss.cls_weight'); None: weight 1
+  applies: Callable[[Any], bool]  # given the ModelConfig: is the term part of this model's loss?
+  # Exactly one of the two: a loss over the whole global batch (it needs every pair, as the
+  # contrastive loss does), or a loss per example whose batch mean is the term.
+  batch_fn: Callable[..., jax.Array] | None = None
+  per_example_fn: Callable[..., jax.Array] | None = None
+
+
+LOSS_TERMS = (
+    LossTerm('contrastive_loss', None, lambda cfg: cfg.contrastive != 'none', batch_fn=contrastive_loss),
+    LossTerm('cls_loss', 'loss.cls_weight', lambda cfg: cfg.variant != 'clip',
+             per_example_fn=token_classification_per_example),
+)
+
+
+def active_terms(model_cfg) -> tuple[LossTerm, ...]:
+  """The loss terms of this model, in registry order."""
+  return tuple(t for t in LOSS_TERMS if t.applies(model_cfg))
+
+
+def term_weights(config, model_cfg) -> dict[str, float]:
+  """{term name: weight} from the config, for this model's terms."""
+  out = {}
+  for term in active_terms(model_cfg):
+    value = 1.0
+    if term.weight_key:
+      section, key = term.weight_key.split('.')
+      value = float(config[section][key])
+    out[term.name] = value
+  return out
+
+
+def compute_terms(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array], terms, opts: LossOptions,
+                  per_example_only: bool = False) -> dict[str, jax.Array]:
+  """{name: loss} for the given terms; per-example terms as batch means.
+
+  per_example_only: leave out batch-level terms (micro-batches compute those on the full batch).
+  """
+  out = {}
+  for term in terms:
+    if term.per_example_fn is not None:
+      out[term.name] = jnp.mean(term.per_example_fn(outputs, targets, opts))
+    elif not per_example_only:
+      out[term.name] = term.batch_fn(outputs, targets, opts)
+  return out
 
 
 def total_loss(losses: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:
-  """The weighted sum of the `*_loss` entries (a missing weight counts 1)."""
-  return sum(weights.get(k, 1.0) * v for k, v in losses.items() if k.endswith('_loss'))
-
-
-def superclip_losses(outputs: Mapping[str, jax.Array], cls_ids: jax.Array | None, bag: jax.Array | None,
-                     token_weights: jax.Array | None, contrastive: str) -> dict[str, jax.Array]:
-  """Both losses from the model's outputs; each present part adds a `*_loss` entry."""
-  losses = {}
-  if contrastive == 'softmax':
-    losses['contrastive_loss'] = softmax_contrastive_loss(
-        outputs['image_embedding'], outputs['text_embedding'], outputs['logit_scale'])
-  elif contrastive == 'sigmoid':
-    losses['contrastive_loss'] = sigmoid_contrastive_loss(
-        outputs['image_embedding'], outputs['text_embedding'], outputs['logit_scale'], outputs['logit_bias'])
-  if 'cls_logits' in outputs:
-    losses['cls_loss'] = token_classification_loss(outputs['cls_logits'], cls_ids, bag, token_weights)
-  return losses
+  """The weighted sum of the terms (a missing weight counts 1)."""
+  return sum(weights.get(k, 1.0) * v for k, v in losses.items())

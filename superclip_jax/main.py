@@ -1,41 +1,53 @@
-"""Entry point: python -m superclip_jax.main --config configs/NAME.py --workdir DIR [--config.key=value]."""
+"""Entry point: python -m superclip_jax.main --config configs/NAME.py --workdir DIR [--config.key=value].
+
+One command on a laptop or on every host of a pod: `jax.distributed` starts by itself on
+TPU VMs, SLURM, Open MPI and Kubernetes (see runtime.py and launch/). `--dry_run`
+compiles the real step for the devices present or a TPU topology and reports memory.
+"""
 
 from __future__ import annotations
 
-import os
+import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (ml_collections).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, TensorBoard events, checkpoints.')
+from superclip_jax import cli
+
+_CONFIG = cli.define_config_flag('Training config file (ml_collections).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', ['auto', 'yes', 'no'],
-    "Call jax.distributed.initialize(): 'auto' does when a coordinator, SLURM job or TPU pod is detected.")
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _should_initialize_distributed() -> bool:
-  if _DISTRIBUTED.value != 'auto':
-    return _DISTRIBUTED.value == 'yes'
-  env = os.environ
-  return bool(env.get('JAX_COORDINATOR_ADDRESS')
-              or int(env.get('SLURM_NTASKS', '1')) > 1
-              or env.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
+    "Start jax.distributed: 'auto' when a cluster (TPU VM, SLURM, Open MPI, K8s) or a coordinator is given.")
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (or JAX_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (or JAX_PROCESS_ID).')
+_INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
+                                     'Seconds to wait for every process to join before aborting.')
+_HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without a heartbeat before a peer counts as dead.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the train step and report its memory and FLOPs; no training.')
+_TOPOLOGY = flags.DEFINE_string('topology', None, "With --dry_run: a TPU topology such as 'v5e:16x16' (needs libtpu).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  import jax  # after flag parsing, so --help stays fast
-  if _should_initialize_distributed():
-    jax.distributed.initialize()
-  from superclip_jax import train
-  logging.info('process %d/%d, %d local devices (%s)', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.devices()[0].platform)
-  train.run(_CONFIG.value, _WORKDIR.value)
+  with cli.user_errors():
+    config = cli.config_value(_CONFIG)
+    if _DRY_RUN.value:
+      from superclip_jax import dry_run
+      report = dry_run.run(config, topology=_TOPOLOGY.value)
+      sys.exit(0 if report['fits'] else 1)
+    if not _WORKDIR.value:
+      raise app.UsageError('--workdir is required')
+    from superclip_jax import runtime
+    runtime.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       _INIT_TIMEOUT.value, _HEARTBEAT.value)
+    import jax
+    from superclip_jax import train
+    logging.info('process %d/%d, %d local devices (%s)', jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.devices()[0].platform)
+    train.run(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'superclip_jax.main')

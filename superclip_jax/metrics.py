@@ -1,15 +1,8 @@
-"""Training metrics: a clu collection accumulated on device, written to JSONL, TensorBoard and the console.
-
-clu's `metric_writers` package imports TensorFlow in its __init__; only its interface
-module is loaded here (it needs nothing but numpy), and the writer below implements it
-with tensorboardX, so TensorFlow is never a dependency.
-"""
+"""Training metrics: a clu collection accumulated on device, its state for exact resume,
+throughput and the console line."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import time
 from typing import Any, Mapping
 
@@ -18,17 +11,7 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 
-
-def _load_clu_writer_interface():
-  spec = importlib.util.find_spec('clu')
-  path = os.path.join(spec.submodule_search_locations[0], 'metric_writers', 'interface.py')
-  module_spec = importlib.util.spec_from_file_location('_clu_metric_writer_interface', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.MetricWriter
-
-
-MetricWriter = _load_clu_writer_interface()
+from superclip_jax import losses
 
 
 def train_metrics_collection(averaged: tuple[str, ...], last: tuple[str, ...]) -> type[clu_metrics.Collection]:
@@ -40,122 +23,74 @@ def train_metrics_collection(averaged: tuple[str, ...], last: tuple[str, ...]) -
   return clu_metrics.Collection.create(**fields)
 
 
-class JsonlTensorBoardWriter(MetricWriter):
-  """Appends one JSON object per step to DIR/metrics.jsonl and writes TensorBoard events to DIR."""
-
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = None
-    if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
-      self._file = open(self.path, 'a')
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    if not self.enabled:
-      return
-    row = {'step': int(step)}
-    row.update({k: _to_python(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
-    for k, v in row.items():
-      if k != 'step' and isinstance(v, (int, float)):
-        self._tb.add_scalar(k, v, int(step))
-
-  def write_summaries(self, step, values, metadata=None):
-    self.write_scalars(step, {k: v for k, v in values.items() if np.ndim(v) == 0})
-
-  def write_texts(self, step, texts):
-    if self.enabled:
-      for k, v in texts.items():
-        self._tb.add_text(k, v, int(step))
-
-  def write_hparams(self, hparams):
-    if self.enabled:
-      with open(os.path.join(os.path.dirname(self.path), 'config.json'), 'w') as f:
-        json.dump(hparams, f, indent=2, default=str)
-
-  def write_images(self, step, images):
-    if self.enabled:
-      for k, v in images.items():
-        self._tb.add_images(k, np.asarray(v), int(step), dataformats='NHWC')
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    if self.enabled:
-      for k, v in arrays.items():
-        self._tb.add_histogram(k, np.asarray(v), int(step))
-
-  def write_videos(self, step, videos):
-    raise NotImplementedError('videos are not written by this trainer')
-
-  def write_audios(self, step, audios, *, sample_rate):
-    raise NotImplementedError('audio is not written by this trainer')
-
-  def flush(self):
-    if self.enabled:
-      self._file.flush()
-      self._tb.flush()
-
-  def close(self):
-    if self.enabled:
-      self._file.close()
-      self._tb.close()
+def accumulator_state(accumulated) -> list[list[Any]] | None:
+  """The accumulated metrics between two log points as JSON-able [dtype, value] pairs (exact)."""
+  if accumulated is None:
+    return None
+  return [[str(np.asarray(x).dtype), np.asarray(x).tolist()] for x in jax.tree.leaves(jax.device_get(accumulated))]
 
 
-def truncate_jsonl(path: str, last_step: int) -> int:
-  """Drop rows logged after `last_step` (a run that died after its last checkpoint); returns rows dropped."""
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    lines = f.readlines()
-  keep = [line for line in lines if line.strip() and json.loads(line).get('step', 0) <= last_step]
-  if len(keep) != len(lines):
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(keep)
-    os.replace(path + '.tmp', path)
-  return len(lines) - len(keep)
-
-
-def _to_python(v):
-  v = np.asarray(jax.device_get(v))
-  if v.ndim == 0:
-    return v.item()
-  return v.tolist()
+def restore_accumulator(collection: type[clu_metrics.Collection], state: list[list[Any]] | None):
+  """The accumulated metrics saved by `accumulator_state` (None stays None)."""
+  if state is None:
+    return None
+  treedef = jax.tree.structure(collection.empty())
+  return jax.tree.unflatten(treedef, [np.asarray(v, dtype) for dtype, v in state])
 
 
 class Throughput:
-  """Images/s and ETA from wall-clock time between log points (measured on the host)."""
+  """Images/s and ETA from wall-clock time between log points, and model FLOP utilisation.
 
-  def __init__(self, global_batch_size: int, total_steps: int, start_step: int):
+  `elapsed` carries the time of steps run before a preemption, so the first row after a
+  resume still averages the whole window (its timing comes from two processes' clocks).
+  """
+
+  def __init__(self, global_batch_size: int, total_steps: int, start_step: int, flops_per_step: float = 0.0,
+               peak_flops: float = 0.0, elapsed: float = 0.0):
     self.batch = global_batch_size
     self.total = total_steps
     self.last_step = start_step
+    self.elapsed_before = elapsed
     self.last_time = time.perf_counter()
+    self.flops_per_step = flops_per_step
+    self.peak_flops = peak_flops
+
+  def state(self, step: int) -> dict[str, Any]:
+    """What a checkpoint at `step` keeps: the window's start and the time already spent in it."""
+    return {'last_step': self.last_step, 'elapsed': self.elapsed_before + time.perf_counter() - self.last_time,
+            'step': step}
 
   def update(self, step: int) -> dict[str, float]:
     now = time.perf_counter()
-    dt = max(now - self.last_time, 1e-9)
+    dt = max(now - self.last_time + self.elapsed_before, 1e-9)
     steps = max(step - self.last_step, 1)
-    self.last_step, self.last_time = step, now
+    self.last_step, self.last_time, self.elapsed_before = step, now, 0.0
     steps_per_sec = steps / dt
-    return {'steps_per_sec': steps_per_sec,
-            'images_per_sec': steps_per_sec * self.batch,
-            'eta_seconds': (self.total - step) / steps_per_sec}
+    row = {'steps_per_sec': steps_per_sec, 'images_per_sec': steps_per_sec * self.batch,
+           'eta_seconds': (self.total - step) / steps_per_sec}
+    if self.flops_per_step:
+      row['model_tflops_per_sec'] = self.flops_per_step * steps_per_sec / 1e12
+      if self.peak_flops:
+        row['mfu'] = self.flops_per_step * steps_per_sec / self.peak_flops
+    return row
+
+
+TIMING_KEYS = ('steps_per_sec', 'images_per_sec', 'eta_seconds', 'model_tflops_per_sec', 'mfu')
 
 
 def console_line(step: int, total: int, row: Mapping[str, float]) -> str:
   """One human-readable line: step, losses, throughput, ETA."""
   eta = row.get('eta_seconds', 0.0)
   parts = [f'step {step}/{total}']
-  for key in ('loss', 'contrastive_loss', 'cls_loss'):
+  for key in ('loss', *(t.name for t in losses.LOSS_TERMS)):
     if key in row:
       parts.append(f'{key} {row[key]:.4f}')
   if 'logit_scale' in row:
     parts.append(f'scale {row["logit_scale"]:.2f}')
   if 'images_per_sec' in row:
     parts.append(f'{row["images_per_sec"]:.1f} img/s')
+  if 'mfu' in row:
+    parts.append(f'MFU {100 * row["mfu"]:.1f}%')
   parts.append(f'eta {int(eta) // 3600}h{int(eta) % 3600 // 60:02d}m{int(eta) % 60:02d}s')
   return ' | '.join(parts)
 

@@ -9,6 +9,8 @@ import jax
 import ml_collections
 import optax
 
+from superclip_jax import sharding
+from superclip_jax.errors import UserError
 from superclip_jax.models import layers
 
 # Leaves never decayed whatever their shape (OpenCLIP: norms, biases, the temperature).
@@ -31,9 +33,14 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
 
 
 def path_names(params: Mapping) -> dict:
-  """Pure dict with each leaf replaced by its '/'-joined path ('image_tower/proj')."""
+  """Pure dict with each leaf replaced by its '/'-joined path ('image_tower/proj').
+
+  An annotated leaf (sharding.Logical) counts as one leaf, so the optimizer's masks also
+  apply to the annotated parameters its state shardings are derived from.
+  """
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params)
+      lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params,
+      is_leaf=lambda x: isinstance(x, sharding.Logical))
 
 
 def weight_decay_mask(params: Mapping, logical_axes: Mapping) -> dict:
@@ -71,7 +78,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Mapping, logical_a
   if o.frozen:
     frozen = frozen_mask(params, o.frozen)
     if not any(jax.tree.leaves(frozen)):
-      raise ValueError(f'optim.frozen={o.frozen!r} matches no parameter')
+      raise UserError(f'optim.frozen={o.frozen!r} matches no parameter')
     labels = jax.tree.map(lambda f: 'frozen' if f else 'trained', frozen)
     tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
   return tx, schedule

@@ -12,6 +12,7 @@ from PIL import Image
 
 import corpus
 from superclip_jax.data import build, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.errors import UserError
 
 
 def _all_records(out_dir):
@@ -138,7 +139,7 @@ def test_unreadable_manifest_and_missing_inputs_name_the_file(tmp_path):
   (tmp_path / 'manifest.json').write_text('{not json')
   with pytest.raises(ValueError, match='manifest.json'):
     records.read_manifest(str(tmp_path))
-  with pytest.raises(FileNotFoundError, match='nowhere'):
+  with pytest.raises(UserError, match='nowhere'):
     build.build(f"webdataset:{tmp_path}/nowhere/{{0..1}}.tar", str(tmp_path / 'o'), progress=False)
   with pytest.raises(ValueError, match='expected'):
     build.build('s3:bucket', str(tmp_path / 'o'), progress=False)

@@ -8,35 +8,37 @@ import jax
 import numpy as np
 import pytest
 
-from superclip_jax import checkpoint, export, optim, sharding, train, train_state
+import optax
+
+from superclip_jax import checkpoint, export, idf, optim, sharding, train, train_state, train_step
+from superclip_jax.errors import UserError
 from superclip_jax.data import synthetic
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 from test_sharded_step import small_config
 
 
-class _Data:
-  """A data iterator stand-in with a state (the real ones are tested in test_pipeline)."""
-
-  def __init__(self, position=0):
-    self.position = position
-
-  def get_state(self):
-    return {'position': self.position}
-
-  def set_state(self, state):
-    self.position = state['position']
-
-
-def _state_on(config, mesh_shape, devices):
+def _state_on(config, mesh_shape, devices, steps=0):
+  """A train state on a mesh after `steps` real steps (so moments and IDF counts are not zeros)."""
   mesh = sharding.make_mesh(mesh_shape, devices)
+  rules = tuple(tuple(r) for r in config.mesh.rules)
   model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-  tx, _ = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), 10)
+  tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), 10)
   counts = train_state.initial_idf_counts(config, 'superclip')
-  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh,
-                                                    tuple(tuple(r) for r in config.mesh.rules), config.seed)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
+  if steps:
+    step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
+    data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
+                                        pad_id=0, seed=5)
+    b = config.data.global_batch_size
+    with jax.set_mesh(mesh):
+      for s in range(steps):
+        state, _ = step_fn(state, sharding.global_batch(data.batch(s, b, sharding.local_rows(b, mesh)), mesh, b))
+  target, _ = train_state.abstract_train_state(model_def, tx, counts, mesh, rules)
   return state, target
+
+
+LOOP = {'data': {'step': 2}, 'metrics': None, 'throughput': {'last_step': 2, 'elapsed': 0.5}}
 
 
 def _config(**kw):
@@ -50,15 +52,15 @@ def _config(**kw):
 @pytest.mark.parametrize('to_shape,to_devices', [((2, 2, 2), 8), ((4, 1, 1), 4), ((1, 2, 2), 4), ((1, 1, 1), 1)])
 def test_restore_onto_another_mesh_equals_saved_arrays(tmp_path, to_shape, to_devices):
   config = _config()
-  state, _ = _state_on(config, (8, 1, 1), jax.devices())
-  state = state.replace(step=state.step + 7)
+  state, _ = _state_on(config, (8, 1, 1), jax.devices(), steps=2)
+  # Trained: Adam's moments and the IDF counts are not zeros, so a mix-up of leaves would show.
+  assert float(optax.tree.norm(state.opt_state)) > 0 and int(idf.to_ints(state.idf_counts)[0]) == 32
   ckpt = checkpoint.Checkpointer(str(tmp_path), config)
-  ckpt.save(7, state, _Data(123), config)
+  ckpt.save(2, state, LOOP, config)
   ckpt.wait()
   _, target = _state_on(config, to_shape, jax.devices()[:to_devices])
-  data = _Data()
-  restored = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, data, config)
-  assert data.position == 123
+  restored, loop = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, config)
+  assert loop == LOOP
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored)
   for leaf, t in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
     assert leaf.sharding.is_equivalent_to(t.sharding, leaf.ndim)
@@ -75,35 +77,38 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
   config = _config()
   state, target = _state_on(config, (1, 1, 1), jax.devices()[:1])
   ckpt = checkpoint.Checkpointer(str(tmp_path), config)
-  ckpt.save(1, state.replace(step=state.step + 1), _Data(1), config)
-  ckpt.save(2, state.replace(step=state.step + 2), _Data(2), config)
+  ckpt.save(1, state.replace(step=state.step + 1), {'data': {'step': 1}}, config)
+  ckpt.save(2, state.replace(step=state.step + 2), {'data': {'step': 2}}, config)
   ckpt.close()
   _corrupt(str(tmp_path / 'checkpoints' / '2'))
-  data = _Data()
   with caplog.at_level('WARNING'):
-    restored = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, data, config)
-  assert int(restored.step) == 1 and data.position == 1
+    restored, loop = checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, config)
+  assert int(restored.step) == 1 and loop['data']['step'] == 1
   assert any('checkpoints/2' in r.getMessage() and 'previous' in r.getMessage() for r in caplog.records)
 
 
-def test_incompatible_checkpoint_is_named_and_never_silently_replaced(tmp_path):
+def test_incompatible_newest_checkpoint_stops_the_run_naming_the_leaf(tmp_path):
+  # An older checkpoint that would fit must not be used instead: the run stops.
   config = _config()
-  state, _ = _state_on(config, (1, 1, 1), jax.devices()[:1])
-  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
-  ckpt.save(3, state, _Data(), config)
-  ckpt.close()
   other = _config()
   other.model.embed_dim = 16
-  _, target = _state_on(other, (1, 1, 1), jax.devices()[:1])
-  with pytest.raises(RuntimeError, match=r"model.embed_dim: checkpoint 32, this run 16"):
-    checkpoint.Checkpointer(str(tmp_path), other).restore_latest(target, _Data(), other)
+  small, _ = _state_on(other, (1, 1, 1), jax.devices()[:1])
+  state, target = _state_on(config, (1, 1, 1), jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(1, state.replace(step=state.step + 1), {}, config)
+  ckpt.save(3, small, {}, other)
+  ckpt.close()
+  with pytest.raises(checkpoint.IncompatibleCheckpoint,
+                     match=r"(?s)params\.image_tower\.proj: checkpoint \(64, 16\) float32, this run \(64, 32\).*"
+                           r"model\.embed_dim: checkpoint 16, this run 32"):
+    checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, config)
 
 
 def test_export_load_encode_matches_the_training_model(tmp_path):
   config = _config()
   state, _ = _state_on(config, (2, 2, 2), jax.devices())
   ckpt = checkpoint.Checkpointer(str(tmp_path / 'run'), config)
-  ckpt.save(5, state, _Data(), config)
+  ckpt.save(5, state, {}, config)
   ckpt.close()
   out = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
   model = export.load(out)
@@ -121,31 +126,38 @@ def test_export_load_encode_matches_the_training_model(tmp_path):
                              train_model.encode_text(model.tokenizer([caption])), rtol=1e-5, atol=1e-6)
 
 
-def test_init_from_export_image_tower_frozen(tmp_path):
+def test_init_from_export_takes_only_the_image_tower(tmp_path):
   config = _config()
-  state, _ = _state_on(config, (1, 1, 1), jax.devices()[:1])
+  state, _ = _state_on(config, (1, 1, 1), jax.devices()[:1], steps=2)
   ckpt = checkpoint.Checkpointer(str(tmp_path / 'run'), config)
-  ckpt.save(1, state, _Data(), config)
+  ckpt.save(2, state, {}, config)
   ckpt.close()
   exported = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
   lit = _config()
-  lit.seed = 99  # different fresh init, so taking the weights is visible
+  lit.seed = 99  # a different fresh init, so taking (or not taking) the weights shows
   lit.init_from = exported
   lit.init_image_tower_only = True
   lit.optim.frozen = 'image_tower/.*'
-  lit.total_steps = 3
+  lit.optim.learning_rate = 0.0  # nothing moves: the final state is the initial one
+  lit.optim.schedule = 'constant'
+  lit.total_steps = 2
   lit.log_every_steps = 1
   lit.mesh.shape = (8, 1, 1)
   train.run(lit, str(tmp_path / 'lit'))
   final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'lit'))
   trained = checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params']
   source = jax.device_get(state.params)
+  fresh, _ = _state_on(lit, (8, 1, 1), jax.devices())  # the run's own initialisation, made as the run makes it
+  fresh = jax.device_get(fresh.params)
   jax.tree.map(np.testing.assert_array_equal, trained['image_tower'], source['image_tower'])
+  # The text tower, temperature and classifier keep the run's own (seed 99) initialisation.
+  for part in ('text_tower', 'token_classifier'):
+    jax.tree.map(np.testing.assert_array_equal, trained[part], fresh[part])
   assert not np.allclose(trained['text_tower']['text_projection'], source['text_tower']['text_projection'])
   bad = _config()
   bad.model.embed_dim = 48
   bad.init_from = exported
-  with pytest.raises(ValueError, match=r"\['image_tower'\]\['proj'\]: shape \(64, 32\) in .*, \(64, 48\) here"):
+  with pytest.raises(UserError, match=r"image_tower\.proj: shape \(64, 32\) in .*, \(64, 48\) here"):
     train.run(bad, str(tmp_path / 'bad'))
 
 

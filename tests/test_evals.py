@@ -65,7 +65,6 @@ def test_linear_probe_separates_separable_features():
   (xtr, ytr), (xte, yte) = sample(400), sample(200)
   result = linear_probe.linear_probe(xtr, ytr, xte, yte, steps=100)
   assert result['top1'] >= 0.97
-  assert result['weight_decay'] in (1e-6, 1e-4, 1e-2, 1.0)
 
 
 def test_imagenet_protocol_is_openai_s():

@@ -40,10 +40,14 @@ def test_online_counts_exact_and_weights_match_float64(start):
   assert w[0] == 0.0
 
 
-def test_float32_counting_would_not_be_exact():
-  # Guard against "simplifying" the counters to float32: above 2^24 increments get lost.
-  x = np.float32(2 ** 24)
-  assert x + np.float32(1) == x
+def test_single_increments_past_two_to_the_24_are_not_lost():
+  # A float32 counter would stay at 2^24 here; the uint32-pair counter must not.
+  counts = idf.from_ints(2 ** 24, np.array([2 ** 24, 7]))
+  step = jax.jit(idf.update)
+  for _ in range(3):
+    counts = step(counts, 1, jnp.asarray([1, 0], jnp.int32))
+  n, df = idf.to_ints(counts)
+  assert n == 2 ** 24 + 3 and df.tolist() == [2 ** 24 + 3, 7]
 
 
 def test_carry_across_words():

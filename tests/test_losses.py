@@ -140,11 +140,14 @@ def test_gradients_are_finite():
   bag = losses.first_occurrences(ids, losses.caption_positions(ids, sot_id=SOT, eot_id=EOT, pad_id=PAD,
                                                                mask_special=True))
 
+  targets = {'token_ids': ids, 'bag': bag, 'token_weights': jnp.ones((V,))}
+  terms = losses.LOSS_TERMS
+
   def f(a, b, scale, bias, z):
     out = {'image_embedding': a, 'text_embedding': b, 'logit_scale': scale, 'logit_bias': bias,
-           'cls_logits': z}
-    soft = losses.superclip_losses(out, ids, bag, jnp.ones((V,)), 'softmax')
-    sig = losses.superclip_losses(out, ids, bag, jnp.ones((V,)), 'sigmoid')
+           'token_logits': z}
+    soft = losses.compute_terms(out, targets, terms, losses.LossOptions('softmax'))
+    sig = losses.compute_terms(out, targets, terms, losses.LossOptions('sigmoid'))
     return losses.total_loss(soft, {'cls_loss': 1.0}) + sig['contrastive_loss']
 
   grads = jax.grad(f, argnums=(0, 1, 2, 3, 4))(a, b, jnp.float32(2.66), jnp.float32(-10.0),
@@ -152,6 +155,18 @@ def test_gradients_are_finite():
   assert all(np.all(np.isfinite(g)) for g in grads)
 
 
-def test_total_is_weighted_sum_of_loss_entries():
-  parts = {'contrastive_loss': jnp.float32(2.0), 'cls_loss': jnp.float32(3.0), 'other': jnp.float32(100.0)}
+def test_total_is_weighted_sum_of_the_terms():
+  parts = {'contrastive_loss': jnp.float32(2.0), 'cls_loss': jnp.float32(3.0)}
   assert float(losses.total_loss(parts, {'cls_loss': 0.5})) == pytest.approx(3.5)
+
+
+def test_registry_gives_each_variant_its_terms_and_weights():
+  from superclip_jax import config_defaults
+  from superclip_jax.models.superclip import ModelConfig
+  config = config_defaults.default_config()
+  config.loss.cls_weight = 0.25
+  names = lambda cfg: [t.name for t in losses.active_terms(cfg)]
+  assert names(ModelConfig(variant='superclip')) == ['contrastive_loss', 'cls_loss']
+  assert names(ModelConfig(variant='clip')) == ['contrastive_loss']
+  assert names(ModelConfig(variant='superclass', text=None, contrastive='none')) == ['cls_loss']
+  assert losses.term_weights(config, ModelConfig()) == {'contrastive_loss': 1.0, 'cls_loss': 0.25}

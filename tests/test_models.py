@@ -47,7 +47,7 @@ def test_classifier_sees_patch_tokens_after_ln_post_and_contrastive_sees_cls():
   images, text = _batch()
   out = model(images, text)
   tokens = model.image_tower.tokens(images)
-  np.testing.assert_allclose(out['cls_logits'], model.token_classifier(tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['token_logits'], model.token_classifier(tokens), rtol=1e-5, atol=1e-5)
   cls_embedding = tokens[:, 0] @ model.image_tower.proj[...]
   cls_embedding /= jnp.linalg.norm(cls_embedding, axis=-1, keepdims=True)
   np.testing.assert_allclose(out['image_embedding'], cls_embedding, rtol=1e-5, atol=1e-5)
@@ -77,9 +77,9 @@ def test_text_tower_pools_at_first_eot_and_is_causal():
 
 
 @pytest.mark.parametrize('variant,parts', [
-    ('superclip', {'image_embedding', 'text_embedding', 'cls_logits', 'logit_scale'}),
+    ('superclip', {'image_embedding', 'text_embedding', 'token_logits', 'logit_scale'}),
     ('clip', {'image_embedding', 'text_embedding', 'logit_scale'}),
-    ('superclass', {'cls_logits'}),
+    ('superclass', {'token_logits'}),
 ])
 def test_variants(variant, parts):
   cfg = dataclasses.replace(MU, variant=variant, text=None if variant == 'superclass' else MU.text,
@@ -90,8 +90,8 @@ def test_variants(variant, parts):
   assert set(out) == parts
   if variant == 'superclass':
     assert model.text_tower is None
-  if 'cls_logits' in out:
-    assert out['cls_logits'].shape == (3, MU.vocab_size)
+  if 'token_logits' in out:
+    assert out['token_logits'].shape == (3, MU.vocab_size)
 
 
 def test_sigmoid_variant_has_bias_and_scale():
@@ -118,7 +118,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   a = f32.bind(params)(images, text)
   b = bf16.bind(params)(images, text)
-  assert b['cls_logits'].dtype == jnp.float32
+  assert b['token_logits'].dtype == jnp.float32
   np.testing.assert_allclose(a['image_embedding'], b['image_embedding'], atol=0.05)
   np.testing.assert_allclose(a['text_embedding'], b['text_embedding'], atol=0.05)
 
@@ -131,7 +131,7 @@ def test_remat_gives_the_same_gradients(remat):
 
   def loss(model_def, p):
     out = model_def.bind(p)(images, text)
-    return jnp.sum(out['image_embedding'] * out['text_embedding']) + jnp.mean(out['cls_logits'] ** 2)
+    return jnp.sum(out['image_embedding'] * out['text_embedding']) + jnp.mean(out['token_logits'] ** 2)
 
   g1 = jax.jit(jax.grad(lambda p: loss(plain, p)))(params)
   g2 = jax.jit(jax.grad(lambda p: loss(rematted, p)))(params)

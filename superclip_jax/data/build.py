@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from superclip_jax.data import images, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
 
@@ -125,7 +126,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     paths = sources.expand_braces(rest)
     missing = [p for p in paths if not os.path.exists(p)]
     if not paths or missing:
-      raise FileNotFoundError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
+      raise UserError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
     return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
             for i, p in enumerate(paths)], []
   if kind == 'folder':
@@ -148,7 +149,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'split': split, 'start': start,
              'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
             for i, start in enumerate(range(0, total, records_per_shard))], classes
-  raise ValueError(f"--source {source!r}: expected 'webdataset:PATTERN', 'folder:DIR' or 'tfds:NAME[:SPLIT]'")
+  raise UserError(f"--source {source!r}: expected 'webdataset:PATTERN', 'folder:DIR' or 'tfds:NAME[:SPLIT]'")
 
 
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,

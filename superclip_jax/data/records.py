@@ -23,6 +23,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from superclip_jax.errors import UserError
+
 FORMAT = 'superclip_jax.records.v1'
 MANIFEST = 'manifest.json'
 DOC_FREQ = 'doc_freq.npz'
@@ -50,21 +52,21 @@ def read_manifest(directory: str) -> dict[str, Any]:
   """The manifest of a shard directory, with shard paths made absolute; clear errors naming the file."""
   path = os.path.join(directory, MANIFEST)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no manifest; build shards with `python -m superclip_jax.data.build`')
+    raise UserError(f'{path}: no manifest; build shards with `python -m superclip_jax.data.build`')
   try:
     with open(path) as f:
       manifest = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: unreadable manifest ({e})') from e
+    raise UserError(f'{path}: unreadable manifest ({e})') from e
   if manifest.get('format') != FORMAT:
-    raise ValueError(f'{path}: format {manifest.get("format")!r}, expected {FORMAT!r}')
+    raise UserError(f'{path}: format {manifest.get("format")!r}, expected {FORMAT!r}')
   for key in ('shards', 'num_records', 'tokenizer'):
     if key not in manifest:
-      raise ValueError(f'{path}: missing key {key!r}')
+      raise UserError(f'{path}: missing key {key!r}')
   for shard in manifest['shards']:
     shard['path'] = os.path.join(directory, shard['file'])
     if not os.path.exists(shard['path']):
-      raise FileNotFoundError(f'{shard["path"]} listed in {path} does not exist')
+      raise UserError(f'{shard["path"]} listed in {path} does not exist')
   manifest['directory'] = directory
   return manifest
 
@@ -76,7 +78,7 @@ def read_doc_freq(directory: str) -> tuple[int, np.ndarray]:
     stats = np.load(path)
     return int(stats['num_samples']), stats['doc_freq']
   except (OSError, KeyError, ValueError) as e:
-    raise ValueError(f'{path}: unreadable document frequencies ({e})') from e
+    raise UserError(f'{path}: unreadable document frequencies ({e})') from e
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

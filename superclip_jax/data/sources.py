@@ -15,6 +15,8 @@ import re
 import tarfile
 from typing import Any, Iterator
 
+from superclip_jax.errors import UserError
+
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'gif', 'tif', 'tiff')
 LONG_CAPTION_EXT = 'long.txt'
 
@@ -118,7 +120,7 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
   Returns (items with image paths, read later by the worker; class names for ImageFolder or []).
   """
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'folder source {directory} does not exist')
+    raise UserError(f'folder source {directory} does not exist')
   jsonl, csv_path = os.path.join(directory, 'captions.jsonl'), os.path.join(directory, 'captions.csv')
   rows: list[dict[str, Any]] = []
   if os.path.exists(jsonl):
@@ -129,7 +131,7 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
         try:
           rows.append(json.loads(line))
         except ValueError as e:
-          raise ValueError(f'{jsonl}:{n}: not JSON ({e})') from e
+          raise UserError(f'{jsonl}:{n}: not JSON ({e})') from e
   elif os.path.exists(csv_path):
     with open(csv_path, encoding='utf-8', newline='') as f:
       rows = list(csv.DictReader(f))
@@ -138,7 +140,7 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
     for n, row in enumerate(rows):
       rel = row.get('image') or row.get('file') or row.get('filename')
       if not rel:
-        raise ValueError(f'{directory}: caption row {n} has no "image" (or "file") field')
+        raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
       path = os.path.join(directory, rel)
       if _unsafe(rel) or not os.path.exists(path):
         items.append({'key': rel, 'skip': 'unsafe_path' if _unsafe(rel) else 'missing_image'})
@@ -150,7 +152,7 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
     return items, []
   classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
   if not classes:
-    raise ValueError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
+    raise UserError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
   items = []
   for label, name in enumerate(classes):
     class_dir = os.path.join(directory, name)

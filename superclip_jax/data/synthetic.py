@@ -109,32 +109,27 @@ class SyntheticImageText:
     text = caption(label, int(rng.integers(len(TEMPLATES))))
     return {'images': image, 'text': self.tokenize(text), 'label': np.int32(label)}
 
-  def batch(self, step: int, global_batch_size: int, process_index: int = 0,
-            process_count: int = 1) -> dict[str, np.ndarray]:
-    """This process's contiguous slice of the global batch of `step`."""
-    if global_batch_size % process_count:
-      raise ValueError(f'global batch {global_batch_size} does not split over {process_count} processes')
-    local = global_batch_size // process_count
-    start = step * global_batch_size + process_index * local
-    samples = [self.sample(i) for i in range(start, start + local)]
+  def batch(self, step: int, global_batch_size: int, rows=None) -> dict[str, np.ndarray]:
+    """Rows [start, stop) (default: all) of the global batch of `step`, concatenated in order."""
+    rows = rows if rows is not None else [(0, global_batch_size)]
+    samples = [self.sample(step * global_batch_size + r) for start, stop in rows for r in range(start, stop)]
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 class SyntheticBatches:
-  """An iterator of this process's synthetic batches with get_state/set_state (the step)."""
+  """An iterator of this process's rows of each synthetic global batch; its state is the step."""
 
-  def __init__(self, source: SyntheticImageText, global_batch_size: int, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(self, source: SyntheticImageText, global_batch_size: int, rows=None, start_step: int = 0):
     self.source = source
     self.global_batch_size = global_batch_size
-    self.process_index, self.process_count = process_index, process_count
-    self.step = 0
+    self.rows = rows
+    self.step = start_step
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = self.source.batch(self.step, self.global_batch_size, self.process_index, self.process_count)
+    batch = self.source.batch(self.step, self.global_batch_size, self.rows)
     self.step += 1
     return batch
 
@@ -143,3 +138,6 @@ class SyntheticBatches:
 
   def set_state(self, state) -> None:
     self.step = int(state['step'])
+
+  def close(self) -> None:
+    pass

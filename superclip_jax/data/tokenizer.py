@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from superclip_jax.data import records, wheel_files
+from superclip_jax.errors import UserError
 
 CLIP_MERGES_NAME = 'bpe_simple_vocab_16e6.txt.gz'
 CLIP_PATTERN = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -47,7 +48,7 @@ def find_clip_merges(path: str = '', fetch: bool = True) -> str:
   """The CLIP merges file: explicit path, installed open_clip, cache, else fetched (and said so)."""
   if path:
     if not os.path.exists(path):
-      raise FileNotFoundError(f'CLIP BPE merges file {path} not found')
+      raise UserError(f'CLIP BPE merges file {path} not found')
     return path
   return wheel_files.find('open-clip-torch', 'open_clip', CLIP_MERGES_NAME, fetch_missing=fetch)
 
@@ -157,7 +158,7 @@ def hf_tokenizer(path: str, *, sot_token: str = '', eot_token: str = '', pad_tok
   """Any HF tokenizer.json; SOT/EOT/pad found by name (CLIP, BERT and our trained conventions)."""
   from tokenizers import Tokenizer as HFTokenizer
   if not os.path.exists(path):
-    raise FileNotFoundError(f'tokenizer file {path} not found')
+    raise UserError(f'tokenizer file {path} not found')
   tok = HFTokenizer.from_file(path)
 
   def find(explicit, candidates, what):
@@ -165,7 +166,7 @@ def hf_tokenizer(path: str, *, sot_token: str = '', eot_token: str = '', pad_tok
       i = tok.token_to_id(name)
       if i is not None:
         return i
-    raise ValueError(f'{path}: no {what} token among {[explicit] if explicit else candidates}')
+    raise UserError(f'{path}: no {what} token among {[explicit] if explicit else candidates}')
 
   sot = find(sot_token, [SOT_TOKEN, '<|startoftext|>', '[CLS]', '<s>', '<bos>'], 'start-of-text')
   eot = find(eot_token, [EOT_TOKEN, '<|endoftext|>', '[SEP]', '</s>', '<eos>'], 'end-of-text')

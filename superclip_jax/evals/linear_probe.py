@@ -54,3 +54,26 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
   best = max(weight_decays, key=lambda wd: (val_acc[wd], wd))
   params = fit_fn(train_x, train_y, num_classes, best, steps)
   return {'top1': _accuracy(params, test_x, test_y), 'val_top1': val_acc[best], 'weight_decay': best}
+
+
+# Evaluator keys of this kind beyond the common ones (registry.COMMON).
+DEFAULTS = {
+    'train_shards': '',  # the labelled shards the classifier is fit on (`shards` is the test set)
+}
+
+
+class Evaluator:
+  """Logistic regression on the frozen pre-projection image feature: fit on train_shards, test on shards."""
+
+  def __init__(self, ev, embedder, seed: int = 0):
+    if not ev.train_shards:
+      raise ValueError('a linear probe needs train_shards')
+    self.ev = ev
+    self.embedder = embedder
+    self.seed = seed
+
+  def run(self, params) -> dict[str, float]:
+    ev = self.ev
+    train = self.embedder.images(params, ev.train_shards, ev.batch_size, ev.max_examples)
+    test = self.embedder.images(params, ev.shards, ev.batch_size, ev.max_examples)
+    return linear_probe(train['feature'], train['label'], test['feature'], test['label'], seed=self.seed)

@@ -13,6 +13,7 @@ import ast
 import functools
 
 from superclip_jax.data import wheel_files
+from superclip_jax.errors import UserError
 
 _METADATA = 'zero_shot_metadata.py'
 
@@ -64,7 +65,7 @@ def resolve_templates(spec) -> tuple[str, ...]:
   templates = tuple(spec)
   for t in templates:
     if t.count('{}') != 1:
-      raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}'")
+      raise UserError(f"prompt template {t!r} must contain exactly one '{{}}'")
   return templates
 
 
@@ -74,6 +75,6 @@ def resolve_classnames(spec, manifest_classes=()) -> tuple[str, ...]:
     return imagenet_classnames()
   if spec in ('manifest', '', None):
     if not manifest_classes:
-      raise ValueError('no class names: the shards have none in their manifest; set class_names')
+      raise UserError('no class names: the shards have none in their manifest; set class_names')
     return tuple(c.replace('_', ' ') for c in manifest_classes)
   return tuple(spec)

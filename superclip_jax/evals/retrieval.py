@@ -29,3 +29,45 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.n
     out[f'image_to_text_r{k}'] = float(np.mean(i2t_rank < k))
     out[f'text_to_image_r{k}'] = float(np.mean(t2i_rank < k))
   return out
+
+
+# Evaluator keys of this kind beyond the common ones (registry.COMMON).
+DEFAULTS = {
+    # 'key': a text is right for its own image (records 'IMG#i' are captions of one image,
+    # the COCO / Flickr30k convention); 'label': for every image of its class (templated captions)
+    'match': 'key',
+}
+
+
+def groups_to_images(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(rows of the first record of each image, image index of every record) from (N, 2) group ids."""
+  image_of: dict[tuple[int, int], int] = {}
+  image_rows, text_to_image = [], []
+  for row, g in enumerate(map(tuple, np.asarray(groups).tolist())):
+    if g not in image_of:
+      image_of[g] = len(image_rows)
+      image_rows.append(row)
+    text_to_image.append(image_of[g])
+  return np.asarray(image_rows, np.int64), np.asarray(text_to_image, np.int64)
+
+
+class Evaluator:
+  """Image<->text Recall@1/5/10 over a shard set of captioned images."""
+
+  def __init__(self, ev, embedder, seed: int = 0):
+    del seed  # deterministic
+    if not embedder.has_text:
+      raise ValueError('retrieval needs a text tower (a SuperClass model has none)')
+    if ev.match not in ('key', 'label'):
+      raise ValueError(f"match={ev.match!r} is not 'key' or 'label'")
+    self.ev = ev
+    self.embedder = embedder
+
+  def run(self, params) -> dict[str, float]:
+    ev = self.ev
+    data = self.embedder.images(params, ev.shards, ev.batch_size, ev.max_examples)
+    texts = self.embedder.texts(params, data['text'], ev.batch_size)
+    if ev.match == 'label':
+      return recall_at_k(data['embedding'], texts, None, labels=(data['label'], data['label']))
+    image_rows, text_to_image = groups_to_images(data['group'])
+    return recall_at_k(data['embedding'][image_rows], texts, text_to_image)

@@ -6,6 +6,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from superclip_jax.data import records, tokenizer as tokenizer_lib
+from superclip_jax.evals import prompts
+
 
 def class_embeddings(encode_text: Callable[[list[str]], np.ndarray], classnames: Sequence[str],
                      templates: Sequence[str], chunk: int = 256) -> np.ndarray:
@@ -29,3 +32,33 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str
 def evaluate(image_embeddings: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> dict[str, float]:
   """top1/top5 of normalised image embeddings against class embeddings."""
   return topk_accuracy(image_embeddings @ class_emb.T, np.asarray(labels))
+
+
+# Evaluator keys of this kind beyond the common ones (registry.COMMON).
+DEFAULTS = {
+    'class_names': 'manifest',  # 'manifest' (ImageFolder classes of the shards), 'imagenet' (OpenAI's 1,000), or a tuple
+    'templates': 'simple',  # 'simple' (a photo of a {}.), 'imagenet' (OpenAI's 80), or a tuple of '{}' strings
+}
+
+
+class Evaluator:
+  """Top-1/top-5 of labelled shards against prompt-ensembled class embeddings."""
+
+  def __init__(self, ev, embedder, seed: int = 0):
+    del seed  # deterministic
+    if not embedder.has_text:
+      raise ValueError('zero-shot needs a text tower (a SuperClass model has none)')
+    self.ev = ev
+    self.embedder = embedder
+
+  def run(self, params) -> dict[str, float]:
+    ev = self.ev
+    images = self.embedder.images(params, ev.shards, ev.batch_size, ev.max_examples)
+    manifest = records.read_manifest(ev.shards)
+    classnames = prompts.resolve_classnames(ev.class_names, manifest.get('class_names', ()))
+    templates = prompts.resolve_templates(ev.templates)
+    tok = tokenizer_lib.load_tokenizer(manifest['tokenizer'].get('spec', 'clip'),
+                                       self.embedder.model_def.cfg.context_length)
+    classes = class_embeddings(lambda texts: self.embedder.texts(params, tok(texts), ev.batch_size),
+                               classnames, templates)
+    return evaluate(images['embedding'], images['label'], classes)

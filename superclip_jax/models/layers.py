@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from superclip_jax import sharding
+
 LAYERS = 'layers'
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which the OpenAI/OpenCLIP weights assume
 
@@ -74,13 +76,8 @@ def gelu(x: jax.Array, quick: bool) -> jax.Array:
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
-  """Keep activations sharded over the batch axes when a mesh is set (no-op otherwise)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  batch_axes = tuple(a for a in ('data', 'fsdp') if a in mesh.axis_names)
-  spec = jax.sharding.PartitionSpec(batch_axes, *([None] * (x.ndim - 1)))
-  return jax.lax.with_sharding_constraint(x, spec)
+  """Keep activations split by the 'batch' rule while the trainer's rules are in force."""
+  return sharding.constrain(x, ('batch',) + (None,) * (x.ndim - 1))
 
 
 def replicate(x: jax.Array) -> jax.Array:
@@ -105,7 +102,7 @@ class Transformer(nnx.Module):
   """`depth` pre-LN residual blocks (attention, MLP) as in OpenAI CLIP, scanned over layers."""
 
   def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, *, causal: bool,
-               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs):
+               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs, scan: bool = True):
     if width % heads:
       raise ValueError(f'width {width} is not divisible by heads {heads}')
     head_dim = width // heads
@@ -126,6 +123,8 @@ class Transformer(nnx.Module):
     self.quick_gelu = quick_gelu
     self.compute_dtype = compute_dtype
     self.remat = remat
+    self.scan = scan
+    self.depth = depth
 
   def _block(self, x: jax.Array, p) -> jax.Array:
     dt = self.compute_dtype
@@ -149,5 +148,11 @@ class Transformer(nnx.Module):
 
     if self.remat != 'none':
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.remat], prevent_cse=False)
-    x, _ = jax.lax.scan(body, x.astype(self.compute_dtype), stacked)
+    x = x.astype(self.compute_dtype)
+    if self.scan:
+      x, _ = jax.lax.scan(body, x, stacked)
+      return x
+    # Unrolled: compile time grows with depth; the layers' parameters are the same stacked arrays.
+    for i in range(self.depth):
+      x, _ = body(x, jax.tree.map(lambda p, i=i: p[i], stacked))
     return x

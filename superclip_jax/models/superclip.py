@@ -31,6 +31,7 @@ class ModelConfig:
   quick_gelu: bool = False
   compute_dtype: str = 'float32'
   remat: str = 'none'
+  scan_layers: bool = True
   contrastive: str = 'softmax'
   logit_scale_init: float = 2.6592600878
   sigmoid_scale_init: float = 2.302585093
@@ -47,8 +48,8 @@ class ModelConfig:
     return cls(
         variant=m.variant, image=image, text=text, embed_dim=m.embed_dim,
         image_size=m.image_size, vocab_size=m.vocab_size, context_length=m.context_length,
-        eot_id=config.loss.eot_id, quick_gelu=m.quick_gelu, compute_dtype=m.compute_dtype,
-        remat=m.remat, contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
+        eot_id=config.tokenizer.eot_id, quick_gelu=m.quick_gelu, compute_dtype=m.compute_dtype,
+        remat=m.remat, scan_layers=m.scan_layers, contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
         logit_scale_init=config.loss.logit_scale_init,
         sigmoid_scale_init=config.loss.sigmoid_scale_init,
         sigmoid_bias_init=config.loss.sigmoid_bias_init)
@@ -58,7 +59,7 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'ModelConfig':
-    d = dict(d)
+    d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
     d['image'] = presets.TowerSize(**d['image'])
     d['text'] = presets.TowerSize(**d['text']) if d.get('text') else None
     return cls(**d)
@@ -90,7 +91,7 @@ class SuperCLIP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dt = _DTYPES[cfg.compute_dtype]
-    common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, rngs=rngs)
+    common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs)
     self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim, **common)
     # A missing part is None (a static attribute); present parts are assigned once.
     self.text_tower = (
@@ -120,7 +121,7 @@ class SuperCLIP(nnx.Module):
       out['image_embedding'] = _l2_normalize(self.image_tower.embed(tokens))
       out['text_embedding'] = self.encode_text(text)
     if self.token_classifier is not None:
-      out['cls_logits'] = self.token_classifier(tokens)
+      out['token_logits'] = self.token_classifier(tokens)
     if self.logit_scale is not None:
       out['logit_scale'] = self.logit_scale[...]
     if self.logit_bias is not None:

@@ -1,24 +1,29 @@
 # Two entry points for a fresh machine; each creates the virtual environment and installs first.
 #   make train   - the demo: trains configs/demo_mnist.py on real MNIST digits on this machine's CPU
-#                  (about 4 minutes), then zero-shot, retrieval and linear-probe evaluation
+#                  (about 4 minutes), evaluates it (zero-shot, retrieval, linear probe) and plots its curves
 #   make test    - runs the whole test suite, the slow end-to-end tests included
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/demo_mnist
 
-.PHONY: install train test clean
+.PHONY: install train test lint clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# The package in editable mode with its test tools, at the versions CI last passed with (constraints.txt).
+$(BIN)/.installed: pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
 train: install
 	$(BIN)/python -m superclip_jax.main --config configs/demo_mnist.py --workdir $(WORKDIR)
+	$(BIN)/python -m superclip_jax.plot $(WORKDIR)
+
+lint: install
+	$(BIN)/ruff check superclip_jax tests configs
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-r"""The CLIP ViT-B/16 baseline: the B-512M recipe with no token classifier (METHOD.md).
+r"""The CLIP ViT-B/16 baseline: the B-512M recipe with no token classifier (docs/method.md).
 
   python -m superclip_jax.main --config configs/clip_b16.py --workdir gs://BUCKET/clip_b16
 

@@ -1,4 +1,4 @@
-r"""SuperClass ViT-B/16: the token classifier alone, no text tower (METHOD.md).
+r"""SuperClass ViT-B/16: the token classifier alone, no text tower (docs/method.md).
 
   python -m superclip_jax.main --config configs/superclass_b16.py --workdir gs://BUCKET/superclass_b16
 

@@ -1,4 +1,4 @@
-r"""SuperCLIP ViT-B/16, the paper's B-512M recipe (METHOD.md).
+r"""SuperCLIP ViT-B/16, the paper's B-512M recipe (docs/method.md).
 
   python -m superclip_jax.main --config configs/superclip_b16.py --workdir gs://BUCKET/superclip_b16
 

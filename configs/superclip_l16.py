@@ -1,4 +1,4 @@
-r"""SuperCLIP ViT-L/16, the paper's L-512M recipe (METHOD.md).
+r"""SuperCLIP ViT-L/16, the paper's L-512M recipe (docs/method.md).
 
   python -m superclip_jax.main --config configs/superclip_l16.py --workdir gs://BUCKET/superclip_l16
 

@@ -1,4 +1,4 @@
-r"""SuperSigLIP ViT-B/16: the sigmoid contrastive loss plus the token classifier (METHOD.md).
+r"""SuperSigLIP ViT-B/16: the sigmoid contrastive loss plus the token classifier (docs/method.md).
 
   python -m superclip_jax.main --config configs/supersiglip_b16.py --workdir gs://BUCKET/supersiglip_b16
 

@@ -63,7 +63,7 @@ while ((${#running[@]} > 0)); do
   wait -n -p done_pid "${running[@]}"
   rc=$?
   set -e
-  [[ -z "$done_pid" ]] && continue  # a trapped signal interrupted the wait: keep waiting
+  [[ -z "${done_pid:-}" ]] && continue  # a trapped signal interrupted the wait: keep waiting
   still=()
   for pid in "${running[@]}"; do
     if [[ "$pid" != "$done_pid" ]]; then still+=("$pid"); fi

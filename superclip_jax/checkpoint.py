@@ -81,7 +81,7 @@ class Checkpointer:
         save_interval_steps=max(self.every, 1), max_to_keep=c.keep or None,
         keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save, create=True)
     # Handlers named up front, so a fresh process can read the saved items' metadata.
-    handlers = {'state': ocp.StandardCheckpointHandler(), 'loop': ocp.JsonCheckpointHandler(),
+    handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=bool(c.ocdbt)), 'loop': ocp.JsonCheckpointHandler(),
                 'config': ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 

@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.idf = 'online'  # token weights: 'online' (counted from the batches seen) | 'offline' (dataset counts) | 'none'
   c.loss.idf_offline_stats = ''  # .npz with doc_freq (V,) and num_samples for idf='offline' (default: the shards')
   c.loss.mask_special_tokens = True  # exclude SOT/EOT/padding from targets; False reproduces the reference code
-  c.loss.chunked = False  # ring contrastive loss (shard_map + ppermute): O(local^2) memory per device, not O(local x global)
+  c.loss.chunked = False  # ring contrastive loss (shard_map, ppermute): O(local^2) memory per device, not O(local*B)
   c.loss.logit_scale_init = 2.6592600878  # CLIP log-temperature at init, ln(1/0.07)
   c.loss.logit_scale_max = 4.6051701860  # CLIP log-temperature clamp after every step, ln(100)
   c.loss.sigmoid_scale_init = 2.302585093  # SigLIP log-temperature at init, ln(10)
@@ -111,6 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep_every = 0  # ... plus every M-th step forever (0: none)
   c.checkpoint.async_save = True  # write checkpoints in the background while training goes on
   c.checkpoint.preemption_check_every = 10  # steps between the processes' agreements on a SIGTERM
+  # OCDBT packs every array into a few large files (Orbax's default); False writes one zarr
+  # folder per array, which also works on object stores without conditional writes.
+  c.checkpoint.ocdbt = True
 
   c.init_from = ''  # weights-only start: a workdir with checkpoints or an export / converted model
   c.init_image_tower_only = False  # with init_from: take only the image tower (LiT, or a new text tower)

@@ -65,7 +65,13 @@ def _memory(compiled) -> dict[str, int]:
 
 
 def _gib(x: float | None) -> str:
-  return '-' if x is None else f'{x / 2 ** 30:.2f} GiB'
+  if x is None:
+    return 'unknown'
+  return f'{x / 2 ** 30:.2f} GiB' if x >= 2 ** 30 else f'{x / 2 ** 20:.1f} MiB'
+
+
+def _flops(x: float) -> str:
+  return f'{x / 1e12:.1f} T' if x >= 1e12 else f'{x / 1e9:.2f} G'
 
 
 def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -133,11 +139,12 @@ def format_report(r: dict[str, Any]) -> str:
     lines += [f"  per device: arguments {_gib(r['argument_bytes'])}, outputs {_gib(r['output_bytes'])} "
               f"(aliased {_gib(r['alias_bytes'])}), temporaries {_gib(r['temp_bytes'])}",
               f"  per device total      {_gib(r['total_bytes'])} of {_gib(r['device_memory_bytes'])}"]
-  lines.append(f"  FLOPs per step        analytic {r['analytic_flops_per_step'] / 1e12:.1f} T"
-               + (f", program dots {r['program_dot_flops'] / 1e12:.1f} T" if 'program_dot_flops' in r else '')
-               + (f", XLA corrected {r['xla_flops_corrected'] / 1e12:.1f} T "
-                  f"(reported {r['xla_flops_reported'] / 1e12:.1f} T)" if 'xla_flops_corrected' in r else ''))
+  lines.append(f"  FLOPs per step        analytic {_flops(r['analytic_flops_per_step'])}"
+               + (f", program dots {_flops(r['program_dot_flops'])}" if 'program_dot_flops' in r else '')
+               + (f", XLA corrected {_flops(r['xla_flops_corrected'])} "
+                  f"(reported {_flops(r['xla_flops_reported'])})" if 'xla_flops_corrected' in r else ''))
   if 'step_seconds_at_50pct_mfu' in r:
     lines.append(f"  step time at 50% MFU  {r['step_seconds_at_50pct_mfu']:.2f} s")
-  lines.append(f"  fits                  {'yes' if r['fits'] else 'NO'}" + (f": {r['error']}" if r.get('error') else ''))
+  verdict = 'yes' if r['fits'] else 'NO'
+  lines.append(f"  fits                  {verdict}" + (f": {r['error']}" if r.get('error') else ''))
   return '\n'.join(lines)

@@ -43,6 +43,7 @@ def main(argv):
     runtime.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                        _INIT_TIMEOUT.value, _HEARTBEAT.value)
     import jax
+
     from superclip_jax import train
     logging.info('process %d/%d, %d local devices (%s)', jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.devices()[0].platform)

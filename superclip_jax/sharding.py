@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from superclip_jax.errors import UserError
 

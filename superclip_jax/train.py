@@ -10,8 +10,19 @@ import jax
 import ml_collections
 from absl import logging
 
-from superclip_jax import (checkpoint, config_defaults, flops, init_from, metric_writers, metrics, optim, sharding,
-                           storage, train_state, train_step)
+from superclip_jax import (
+  checkpoint,
+  config_defaults,
+  flops,
+  init_from,
+  metric_writers,
+  metrics,
+  optim,
+  sharding,
+  storage,
+  train_state,
+  train_step,
+)
 from superclip_jax.data import inputs
 from superclip_jax.errors import UserError
 from superclip_jax.evals import embed, registry
@@ -22,7 +33,8 @@ class NonFiniteError(RuntimeError):
   """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
 
 
-def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int, loop: dict) -> metric_writers.MultiWriter:
+def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int,
+             loop: dict) -> metric_writers.MultiWriter:
   """metrics.jsonl + TensorBoard (+ W&B) on process 0; nothing on the others."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])

@@ -5,13 +5,14 @@ import io
 import json
 import os
 
+import corpus
 import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-import corpus
-from superclip_jax.data import build, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.data import build, records, sources
+from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 

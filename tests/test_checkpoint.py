@@ -6,16 +6,14 @@ import os
 
 import jax
 import numpy as np
-import pytest
-
 import optax
+import pytest
+from test_sharded_step import small_config
 
 from superclip_jax import checkpoint, export, idf, optim, sharding, train, train_state, train_step
-from superclip_jax.errors import UserError
 from superclip_jax.data import synthetic
+from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelConfig, ModelDef
-
-from test_sharded_step import small_config
 
 
 def _state_on(config, mesh_shape, devices, steps=0):

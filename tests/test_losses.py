@@ -47,7 +47,7 @@ def test_sigmoid_contrastive_matches_numpy():
 
 
 def _reference_bag(ids, mask_special):
-  """The caption's distinct tokens, by the rule in METHOD.md, in plain Python."""
+  """The caption's distinct tokens, by the rule in docs/method.md, in plain Python."""
   ids = list(ids)
   if not mask_special:
     return set(ids)

@@ -89,7 +89,9 @@ def test_variants(variant, parts):
   out = model(images, text)
   assert set(out) == parts
   if variant == 'superclass':
-    assert model.text_tower is None
+    # No text tower and no contrastive projection: every parameter is trained.
+    assert model.text_tower is None and model.image_tower.proj is None
+    assert 'proj' not in ModelDef(cfg).shapes()['image_tower']
   if 'token_logits' in out:
     assert out['token_logits'].shape == (3, MU.vocab_size)
 

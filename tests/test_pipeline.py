@@ -1,11 +1,12 @@
 """The Grain pipeline: exact resume, disjoint per-process slices, mixtures, bad records skipped and counted."""
 
+import corpus
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-import corpus
-from superclip_jax.data import build, pipeline, records, tokenizer as tokenizer_lib
+from superclip_jax.data import build, pipeline, records
+from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 N = 23  # records: batches of 4 cross the epoch boundary mid-batch
@@ -160,6 +161,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, opened):
 
 def test_long_captions_feed_cls_text(tmp_path, opened):
   import json
+
   from PIL import Image
   folder = tmp_path / 'f'
   folder.mkdir()

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
+import corpus
 import numpy as np
 import pytest
 
-import corpus
 from superclip_jax import checkpoint, metrics
 from superclip_jax.data import build
 
@@ -81,7 +81,8 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:  # params, optimizer moments, IDF counts, step, RNG
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
-  loops = [json.loads((d / 'checkpoints' / str(STEPS) / 'loop' / 'metadata').read_text()) for d in (straight, interrupted)]
+  loops = [json.loads((d / 'checkpoints' / str(STEPS) / 'loop' / 'metadata').read_text())
+           for d in (straight, interrupted)]
   assert loops[0]['data'] == loops[1]['data'] == {'step': STEPS}
 
 

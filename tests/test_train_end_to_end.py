@@ -57,6 +57,7 @@ def test_tiny_supersiglip_learns(tmp_path):
 @pytest.mark.slow
 def test_tiny_trains_from_built_shards_with_offline_idf(tmp_path):
   import corpus
+
   from superclip_jax.data import build
   for i in range(2):
     corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(32, start=32 * i))

@@ -61,8 +61,8 @@ def _rate(fn, items, min_seconds: float) -> float:
 
 def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0) -> dict[str, float]:
   """Measure each stage; returns images/s per core."""
-  from PIL import Image
   import grain
+  from PIL import Image
 
   from superclip_jax.data import pipeline, records, transforms
   manifest = records.read_manifest(shards)
@@ -101,7 +101,8 @@ def main(argv=None):
   parser.add_argument('--seconds', type=float, default=3.0, help='minimum time per stage')
   args = parser.parse_args(argv)
   os.environ.setdefault('OMP_NUM_THREADS', '1')
-  with tempfile.TemporaryDirectory() as tmp:
+  from superclip_jax import cli
+  with cli.user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
     r = run(shards, args.size, min_seconds=args.seconds)
   print(f"source images: shorter side {r['mean_source_side']:.0f} px; output {args.size} px; one process, one core")

@@ -24,7 +24,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from superclip_jax.data import images, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.data import images, records, sources
+from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest

@@ -134,7 +134,8 @@ def _clip_pre_tokenizer():
 @functools.lru_cache(maxsize=4)
 def clip_tokenizer(merges_path: str = '', context_length: int = 77) -> Tokenizer:
   """OpenAI CLIP's BPE (vocabulary 49,408; SOT 49406, EOT 49407, pad 0)."""
-  from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+  from tokenizers import AddedToken, decoders, models
+  from tokenizers import Tokenizer as HFTokenizer
   path = find_clip_merges(merges_path)
   lines = gzip.open(path).read().decode('utf-8').split('\n')
   merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
@@ -193,7 +194,8 @@ def train_bpe(captions: Iterable[str], vocab_size: int, out_path: str) -> Tokeni
   Id 0 is '<pad>' (so padding never collides with a real token), then the start and end
   tokens; the file records the cleaning as a lower-casing, whitespace-collapsing normaliser.
   """
-  from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, trainers
+  from tokenizers import Regex, decoders, models, normalizers, trainers
+  from tokenizers import Tokenizer as HFTokenizer
   tok = HFTokenizer(models.BPE(end_of_word_suffix='</w>'))
   tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
                                          normalizers.Strip(), normalizers.Lowercase()])
@@ -223,17 +225,21 @@ def main(argv=None):
   tr.add_argument('--vocab-size', type=int, required=True)
   tr.add_argument('--out', required=True)
   args = parser.parse_args(argv)
-  if args.command == 'fetch':
-    print(fetch_clip_merges())
-  elif args.command == 'encode':
-    tok = load_tokenizer(args.tokenizer, args.context_length)
-    for text, row in zip(args.texts, tok(args.texts)):
-      print(json.dumps({'text': text, 'ids': row.tolist()}))
-  else:
-    with open(args.captions, encoding='utf-8') as f:
-      tok = train_bpe((line.strip() for line in f if line.strip()), args.vocab_size, args.out)
-    print(json.dumps({'out': args.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id,
-                      'eot_id': tok.eot_id, 'pad_id': tok.pad_id}))
+  from superclip_jax import cli  # imported here: cli pulls in absl flags and the config schema
+  with cli.user_errors('superclip_jax.data.tokenizer'):
+    if args.command == 'fetch':
+      print(fetch_clip_merges())
+    elif args.command == 'encode':
+      tok = load_tokenizer(args.tokenizer, args.context_length)
+      for text, row in zip(args.texts, tok(args.texts)):
+        print(json.dumps({'text': text, 'ids': row.tolist()}))
+    else:
+      if not os.path.isfile(args.captions):
+        raise UserError(f'--captions {args.captions}: no such file')
+      with open(args.captions, encoding='utf-8') as f:
+        tok = train_bpe((line.strip() for line in f if line.strip()), args.vocab_size, args.out)
+      print(json.dumps({'out': args.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id,
+                        'eot_id': tok.eot_id, 'pad_id': tok.pad_id}))
 
 
 if __name__ == '__main__':

@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from superclip_jax.data import records, tokenizer as tokenizer_lib
+from superclip_jax.data import records
+from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.evals import prompts
 
 
@@ -36,7 +37,7 @@ def evaluate(image_embeddings: np.ndarray, labels: np.ndarray, class_emb: np.nda
 
 # Evaluator keys of this kind beyond the common ones (registry.COMMON).
 DEFAULTS = {
-    'class_names': 'manifest',  # 'manifest' (ImageFolder classes of the shards), 'imagenet' (OpenAI's 1,000), or a tuple
+    'class_names': 'manifest',  # 'manifest' (the shards' ImageFolder classes), 'imagenet' (OpenAI's 1,000), a tuple
     'templates': 'simple',  # 'simple' (a photo of a {}.), 'imagenet' (OpenAI's 80), or a tuple of '{}' strings
 }
 

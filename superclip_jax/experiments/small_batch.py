@@ -46,6 +46,11 @@ def run_one(model: str, batch: int, seed: int, samples: int, workdir: str) -> di
   return {k: final[k] for k, _ in METRICS}
 
 
+def _mean(results, variant: str, batch: int, seeds) -> float:
+  """Mean over seeds of the first reported metric."""
+  return float(np.mean([results[(variant, batch, s)][METRICS[0][0]] for s in seeds]))
+
+
 def write_report(results: dict, samples: int, seeds, batches, out_dir: str, seconds: float) -> str:
   """docs/small_batch.md with the table, and the plot if matplotlib is installed."""
   os.makedirs(out_dir, exist_ok=True)
@@ -66,7 +71,7 @@ def write_report(results: dict, samples: int, seeds, batches, out_dir: str, seco
       lines.append(f'| {batch} | {max(1, samples // batch)} | {"CLIP" if model == "clip" else "SuperCLIP"} | '
                    + ' | '.join(cells) + ' |')
   lines += ['', 'Gain of SuperCLIP over CLIP in zero-shot top-1 (points): ' + ', '.join(
-      f'batch {b}: {100 * (np.mean([results[("superclip", b, s)][METRICS[0][0]] for s in seeds]) - np.mean([results[("clip", b, s)][METRICS[0][0]] for s in seeds])):+.1f}'
+      f'batch {b}: {100 * (_mean(results, "superclip", b, seeds) - _mean(results, "clip", b, seeds)):+.1f}'
       for b in batches) + '.', '',
       'Read with care: a fixed sample budget gives the larger batches proportionally fewer optimizer '
       'steps (the steps column), so at this budget the largest batch may not get past chance for '
@@ -130,6 +135,10 @@ def main(argv=None):
           results[(model, batch, seed)] = run_one(model, batch, seed, args.samples,
                                                   os.path.join(tmp, f'{model}_{batch}_{seed}'))
           print(model, batch, seed, results[(model, batch, seed)], f'{time.time() - start:.0f}s', flush=True)
+    # The training curves of the first seed's runs, compared (python -m superclip_jax.plot).
+    from superclip_jax import plot
+    runs = [os.path.join(tmp, f'{m}_{b}_{seeds[0]}') for b in batches for m in ('clip', 'superclip')]
+    print(plot.plot(runs, os.path.join(args.out, 'small_batch_curves.png')))
   print(write_report(results, args.samples, seeds, batches, args.out, time.time() - start))
 
 

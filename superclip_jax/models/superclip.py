@@ -49,7 +49,8 @@ class ModelConfig:
         variant=m.variant, image=image, text=text, embed_dim=m.embed_dim,
         image_size=m.image_size, vocab_size=m.vocab_size, context_length=m.context_length,
         eot_id=config.tokenizer.eot_id, quick_gelu=m.quick_gelu, compute_dtype=m.compute_dtype,
-        remat=m.remat, scan_layers=m.scan_layers, contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
+        remat=m.remat, scan_layers=m.scan_layers,
+        contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
         logit_scale_init=config.loss.logit_scale_init,
         sigmoid_scale_init=config.loss.sigmoid_scale_init,
         sigmoid_bias_init=config.loss.sigmoid_bias_init)
@@ -70,7 +71,7 @@ class TokenClassifier(nnx.Module):
 
   def __init__(self, width: int, vocab_size: int, compute_dtype, *, rngs: nnx.Rngs):
     self.norm = layers.LayerNorm(width)
-    # METHOD.md: weight N(0, width^-0.5), bias 0 (std width^-0.5, i.e. variance 1/width).
+    # docs/method.md: weight N(0, width^-0.5), bias 0 (std width^-0.5, i.e. variance 1/width).
     self.head = layers.Dense((width,), (vocab_size,), ('embed',), ('vocab',), width ** -0.5, rngs=rngs)
     self.compute_dtype = compute_dtype
 
@@ -92,7 +93,8 @@ class SuperCLIP(nnx.Module):
     self.cfg = cfg
     dt = _DTYPES[cfg.compute_dtype]
     common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs)
-    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim, **common)
+    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.variant != 'superclass' else 0,
+                                  **common)
     # A missing part is None (a static attribute); present parts are assigned once.
     self.text_tower = (
         TextTower(cfg.text, cfg.vocab_size, cfg.context_length, cfg.embed_dim, cfg.eot_id, **common)

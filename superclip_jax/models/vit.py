@@ -10,7 +10,7 @@ from flax import nnx
 from superclip_jax.models import layers
 from superclip_jax.models.presets import TowerSize
 
-# OpenAI CLIP's normalisation constants (METHOD.md).
+# OpenAI CLIP's normalisation constants (docs/method.md).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
@@ -48,7 +48,8 @@ class ImageTower(nnx.Module):
         w, size.depth, size.heads, size.mlp_ratio, causal=False, quick_gelu=quick_gelu,
         compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs)
     self.ln_post = layers.LayerNorm(w)
-    self.proj = layers.normal_param(rngs, (w, embed_dim), scale, ('embed', None))
+    # SuperClass (no text tower) has no contrastive embedding, so no projection to train.
+    self.proj = layers.normal_param(rngs, (w, embed_dim), scale, ('embed', None)) if embed_dim else None
 
   def tokens(self, images: jax.Array) -> jax.Array:
     """Images -> all tokens after ln_post, (B, 1 + patches, width); token 0 is CLS."""
@@ -68,4 +69,6 @@ class ImageTower(nnx.Module):
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     """The contrastive embedding (unnormalised): CLS token times the projection."""
+    if self.proj is None:
+      return tokens[:, 0]  # SuperClass: the pooled feature itself
     return tokens[:, 0] @ self.proj[...].astype(tokens.dtype)

@@ -1,0 +1,220 @@
+"""Orbax checkpoints: async saves, exact auto-resume, preemption, on any mesh and process count.
+
+A checkpoint (one Orbax step directory, written to a temporary name and renamed when
+complete, so a crash mid-save leaves the previous one usable) holds:
+  state   the TrainState, restored onto any mesh and any number of processes through
+          ShapeDtypeStruct targets that carry the new sharding
+  loop    the loop's position: the next batch (the data position is the step alone; see
+          data/pipeline.py), the metrics accumulated since the last log row and the
+          throughput clock, so a resumed run logs exactly what an unbroken one would
+  config  the run's config, shown when a checkpoint does not fit this run
+
+Whether a checkpoint fits is read from Orbax's saved tree metadata against the abstract
+target: a parameter or optimizer leaf missing, extra or of another shape is named.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from superclip_jax import config_defaults, storage
+from superclip_jax.errors import UserError
+
+
+class IncompatibleCheckpoint(UserError):
+  """A checkpoint whose tree does not fit this run's model or optimizer."""
+
+
+def key_name(k) -> str:
+  for attr in ('name', 'key', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def flat_names(tree: Any) -> dict[str, Any]:
+  """{'params.image_tower.proj': leaf, ...}: leaves by the dotted names Orbax stores them under."""
+  return {'.'.join(key_name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf is not None}
+
+
+def tree_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str]:
+  """Readable lines for leaves missing, extra or of another shape/dtype between two flat trees."""
+  problems = []
+  # Parameters first: they say what changed; optimizer leaves follow them.
+  for name in sorted(set(saved) | set(target), key=lambda n: (not n.startswith('params.'), n)):
+    if name not in target:
+      problems.append(f'{name}: in the checkpoint, not in this run')
+    elif name not in saved:
+      problems.append(f'{name}: in this run, not in the checkpoint')
+    else:
+      a, b = saved[name], target[name]
+      if tuple(a.shape) != tuple(b.shape) or str(a.dtype) != str(b.dtype):
+        problems.append(f'{name}: checkpoint {tuple(a.shape)} {a.dtype}, this run {tuple(b.shape)} {b.dtype}')
+  return problems
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """model.*, loss.* and optim.* keys whose saved value differs from this run's (hints only)."""
+  old = config_defaults.flat_keys(saved)
+  new = config_defaults.flat_keys(json.loads(json.dumps(config.to_dict())))
+  return [f'{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}' for k in sorted(new)
+          if k.split('.')[0] in ('model', 'loss', 'optim', 'tokenizer') and old.get(k) != new.get(k)]
+
+
+class Checkpointer:
+  """Save every N steps (async) keeping the last K plus every M-th; restore the newest usable one."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    c = config.checkpoint
+    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')
+    self.every = int(c.every_steps)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(self.every, 1), max_to_keep=c.keep or None,
+        keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save, create=True)
+    # Handlers named up front, so a fresh process can read the saved items' metadata.
+    handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=bool(c.ocdbt)), 'loop': ocp.JsonCheckpointHandler(),
+                'config': ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def path(self, step: int) -> str:
+    return storage.join(self.directory, str(step))
+
+  def due(self, step: int, total_steps: int) -> bool:
+    """Whether `step` is a regular save point: every `every_steps` and the last step."""
+    return step == total_steps or (self.every > 0 and step % self.every == 0)
+
+  def save(self, step: int, state, loop: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+    """Start saving this step (asynchronously); the caller decides when (see `due`)."""
+    return self.manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        loop=ocp.args.JsonSave(loop),
+        config=ocp.args.JsonSave(json.loads(json.dumps(config.to_dict())))))
+
+  def check_fits(self, step: int, target, config: ml_collections.ConfigDict | None = None) -> None:
+    """Raise IncompatibleCheckpoint naming every leaf that does not fit `target`."""
+    meta = self.manager.item_metadata(step)['state']
+    if meta is None:
+      raise ValueError(f'{self.path(step)}: no readable state metadata')
+    saved = flat_names(getattr(meta, 'tree', meta))
+    problems = tree_mismatches(saved, flat_names(target))
+    if problems:
+      hint = ''
+      if config is not None:
+        try:
+          saved_config = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+          diff = config_differences(saved_config, config)
+          hint = ('\nconfig keys that differ: ' + '; '.join(diff[:12])) if diff else ''
+        except Exception:  # a hint only; the tree mismatch is the error
+          pass
+      shown = problems[:12] + ([f'... and {len(problems) - 12} more'] if len(problems) > 12 else [])
+      raise IncompatibleCheckpoint(
+          f'checkpoint {self.path(step)} does not fit this run ({len(problems)} leaves differ: '
+          + '; '.join(shown) + ')' + hint + '\nuse another --workdir, or the config it was written with')
+
+  def restore_latest(self, target, config: ml_collections.ConfigDict) -> tuple[Any, dict] | None:
+    """(state, loop position) of the newest checkpoint that restores, else None if there is none.
+
+    A damaged newest checkpoint is skipped with a warning naming it and the one before is
+    tried. One that does not fit this run's model stops the run (IncompatibleCheckpoint):
+    falling back to an older one would hide the mistake. If checkpoints exist but none
+    restores, that is an error (a fresh start would silently overwrite them).
+    """
+    steps = self.steps()
+    problems = []
+    for step in reversed(steps):
+      try:
+        self.check_fits(step, target, config)
+      except IncompatibleCheckpoint:
+        raise
+      except Exception as e:  # unreadable metadata: a damaged checkpoint
+        problems.append(f'step {step}: {e}')
+        logging.warning('checkpoint %s cannot be read (%s); trying the previous one', self.path(step), e)
+        continue
+      try:
+        return self.restore(step, target)
+      except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        problems.append(f'step {step}: {e}')
+        logging.warning('checkpoint %s cannot be restored (%s); trying the previous one', self.path(step), e)
+    if steps:
+      raise UserError(f'no usable checkpoint in {self.directory}:\n  ' + '\n  '.join(problems))
+    return None
+
+  def restore(self, step: int, target) -> tuple[Any, dict]:
+    """Restore one step onto `target`'s shardings; returns (state, loop position)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+    logging.info('restored %s', self.path(step))
+    return restored['state'], dict(restored['loop'] or {})
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class PreemptionWatcher:
+  """SIGTERM (SLURM, Kubernetes, spot VMs) or JAX's preemption sync point ask for a save-and-exit.
+
+  The signal only sets a flag; the loop acts on it at the next step boundary. With several
+  processes the flag is agreed on collectively so every host saves at the same step.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager | None, check_every: int = 10):
+    self.requested = False
+    self.manager = manager
+    self.check_every = max(int(check_every), 1)
+    self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    del frame
+    logging.warning('received signal %d: will checkpoint at the next step boundary and exit', signum)
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if self.manager is not None and self.manager.reached_preemption(step):
+      return True
+    if jax.process_count() == 1:
+      return self.requested
+    if step % self.check_every:
+      return False
+    from jax.experimental import multihost_utils
+    # A host-local numpy flag (a jnp array made under the mesh would be a global array).
+    flags = multihost_utils.process_allgather(np.asarray([self.requested]))
+    return bool(np.asarray(flags).any())
+
+  def restore_handler(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def latest_checkpoint_dir(workdir: str) -> tuple[str, int]:
+  """(path of the newest finished step directory, its step) under workdir/checkpoints."""
+  directory = storage.join(storage.absolute(workdir), 'checkpoints')
+  path = storage.Path(directory)
+  steps = sorted(int(d.name) for d in path.iterdir() if d.name.isdigit()) if path.exists() else []
+  if not steps:
+    raise UserError(f'no finished checkpoint under {directory}')
+  return storage.join(directory, str(steps[-1])), steps[-1]
+
+
+def read_numpy_tree(path: str) -> dict:
+  """A saved pytree as host numpy arrays, whatever mesh wrote it (small trees, tools and tests)."""
+  meta = ocp.StandardCheckpointer().metadata(path)
+  tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None)
+  if tree is None:
+    tree = meta.item_metadata
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))

@@ -1,0 +1,142 @@
+"""Command-line plumbing shared by the entry points: config files with overrides, one-line errors.
+
+  --config configs/NAME.py[:ARG]   a config file (its get_config(ARG))
+  --config.KEY=VALUE               an override; KEY must exist (a near miss is named)
+
+Overrides are taken out of argv before absl parses the other flags, and applied after
+the file is loaded, so every mistake (a missing file, an unknown key, a value of the
+wrong type) is one line naming what to change, not a traceback. Mistakes made deeper
+(UserError) are reported the same way; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import sys
+from typing import Any, Callable
+
+import ml_collections
+from absl import app, flags
+
+from superclip_jax import config_defaults
+from superclip_jax.errors import UserError, report
+
+_OVERRIDES: list[tuple[str, str]] = []
+_PROG = ['superclip_jax']
+
+
+class _ConfigFlag:
+  """The --config flag's value: the file (and its argument) plus the --config.KEY overrides."""
+
+  def __init__(self, flag):
+    self.flag = flag
+
+
+def define_config_flag(help_text: str) -> _ConfigFlag:
+  """--config PATH[:ARG]; overrides --config.KEY=VALUE are collected by `parse_flags`."""
+  return _ConfigFlag(flags.DEFINE_string('config', None, help_text + ' PATH[:ARG]; override keys with '
+                                                                     '--config.KEY=VALUE.'))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser that first takes out --config.KEY overrides (and reports bad flags in one line)."""
+  rest = [argv[0]]
+  i = 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith('--config.'):
+      body = arg[len('--config.'):]
+      if '=' in body:
+        key, value = body.split('=', 1)
+      elif i + 1 < len(argv):
+        key, value = body, argv[i + 1]
+        i += 1
+      else:
+        _fail(f'{arg} has no value')
+      _OVERRIDES.append((key, value))
+    else:
+      rest.append(arg)
+    i += 1
+  try:
+    return flags.FLAGS(rest)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] + ' (try --helpfull)')
+
+
+def _fail(message: str):
+  print(f'{_PROG[0]}: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _convert(key: str, current: Any, text: str) -> Any:
+  """Text of an override -> a value of the current value's type."""
+  if isinstance(current, str) or current is None:
+    return text
+  if isinstance(current, bool):
+    lowered = text.lower()
+    if lowered in ('true', '1', 'yes'):
+      return True
+    if lowered in ('false', '0', 'no'):
+      return False
+    raise UserError(f'--config.{key}={text!r}: expected True or False')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise UserError(f'--config.{key}={text!r}: expected a {type(current).__name__} '
+                    f'like {current!r}') from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    return tuple(value)
+  if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if type(value) is not type(current):
+    raise UserError(f'--config.{key}={text!r}: expected a {type(current).__name__} like {current!r}')
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+  """Set each KEY=VALUE on the config; an unknown key is a UserError naming the closest valid one."""
+  valid = config_defaults.flat_keys(config)
+  for key, text in overrides:
+    if key not in valid:
+      close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+      hint = f"; did you mean '{close[0]}'?" if close else ''
+      raise UserError(f"unknown config key '{key}' (--config.{key}){hint}")
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    with node.ignore_type() if hasattr(node, 'ignore_type') else contextlib.nullcontext():
+      node[leaf] = _convert(key, valid[key], text)
+  return config
+
+
+def config_value(flag: _ConfigFlag) -> ml_collections.ConfigDict:
+  """Load --config (PATH[:ARG]) and apply the --config.KEY overrides; validated."""
+  spec = flag.flag.value
+  if not spec:
+    raise UserError('--config is required (a config file such as configs/tiny.py)')
+  path, _, arg = spec.partition(':')
+  config = config_defaults.load_config_file(path, arg)
+  config = apply_overrides(config, _OVERRIDES)
+  config_defaults.validate(config)
+  return config
+
+
+@contextlib.contextmanager
+def user_errors(prog: str | None = None):
+  """Report a UserError as one line on stderr and exit with status 2."""
+  try:
+    yield
+  except UserError as e:
+    report(e, prog or _PROG[0])
+    sys.exit(2)
+
+
+def run(main: Callable[[list[str]], Any], prog: str) -> None:
+  """absl's app.run with the override-aware flags parser; errors are reported as `prog: error: ...`."""
+  _PROG[0] = prog
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""Data: synthetic image-text batches (until shards exist), tokenizer, records, pipeline."""

@@ -1,0 +1,115 @@
+"""Input-pipeline benchmark: images/s per core for decode + augment, beside plain decoding.
+
+  python -m superclip_jax.data.bench --shards DIR            # shards you built
+  python -m superclip_jax.data.bench --synthesize 2000       # makes shards of ~256-px JPEGs first
+
+All figures come from one process on one core, in the same run and over the same JPEG
+bytes, so their ratios are meaningful on a shared machine. Stages:
+  decode          simplejpeg to full-size RGB (what any pipeline pays at least)
+  decode_pil      PIL decode + convert, for comparison (what OpenCLIP does)
+  decode_augment  decode + RandomResizedCrop(scale 0.9-1) + bicubic resize to 224, uint8
+  pipeline        the Grain pipeline (record parse, decode, crop, token padding, batching)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def synthesize_shards(out_dir: str, count: int, side: int = 256, seed: int = 0) -> str:
+  """Shards of photo-like JPEGs (smooth structure + texture + noise) with short captions."""
+  from PIL import Image
+
+  from superclip_jax.data import build
+  rng = np.random.default_rng(seed)
+  folder = os.path.join(out_dir, 'images')
+  os.makedirs(folder, exist_ok=True)
+  rows = []
+  for i in range(count):
+    h = side
+    w = int(side * rng.uniform(1.0, 1.33))
+    y, x = np.mgrid[0:h, 0:w] / side
+    base = np.stack([np.sin(x * rng.uniform(2, 9) + c) * np.cos(y * rng.uniform(2, 9) - c) for c in range(3)], -1)
+    img = (base * 70 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    name = f'{i:06d}.jpg'
+    Image.fromarray(img).save(os.path.join(folder, name), quality=90)
+    rows.append({'image': name, 'caption': f'a textured picture number {i}'})
+  with open(os.path.join(folder, 'captions.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  shards = os.path.join(out_dir, 'shards')
+  build.build(f'folder:{folder}', shards, records_per_shard=1000, workers=1, progress=False)
+  return shards
+
+
+def _rate(fn, items, min_seconds: float) -> float:
+  n, start = 0, time.perf_counter()
+  while True:
+    for x in items:
+      fn(x)
+      n += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_seconds:
+      return n / elapsed
+
+
+def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0) -> dict[str, float]:
+  """Measure each stage; returns images/s per core."""
+  import grain
+  from PIL import Image
+
+  from superclip_jax.data import pipeline, records, transforms
+  manifest = records.read_manifest(shards)
+  source = grain.sources.ArrayRecordDataSource([s['path'] for s in manifest['shards']])
+  jpegs = [records.decode_record(source[i])['image'] for i in range(min(limit, len(source)))]
+  rng = np.random.default_rng(0)
+  shapes = [transforms.decode_jpeg(j).shape for j in jpegs[:50]]
+  results = {
+      'decode': _rate(lambda j: transforms.decode_jpeg(j), jpegs, min_seconds),
+      'decode_pil': _rate(lambda j: np.asarray(Image.open(io.BytesIO(j)).convert('RGB')), jpegs, min_seconds),
+      'decode_augment': _rate(
+          lambda j: transforms.random_resized_crop(transforms.decode_jpeg(j, min_side=size), size, rng),
+          jpegs, min_seconds),
+  }
+  batch = 64
+  # One decoding thread: the figure is per core (taskset the process to one core to be sure).
+  it = pipeline.ShardBatches(pipeline.PipelineConfig(
+      shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=size, context_length=77,
+      seed=0, threads=1))
+  next(it)
+  n, start = 0, time.perf_counter()
+  while time.perf_counter() - start < min_seconds:
+    next(it)
+    n += batch
+  results['pipeline'] = n / (time.perf_counter() - start)
+  results['mean_source_side'] = float(np.mean([min(s[:2]) for s in shapes]))
+  return results
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.bench', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--shards', default='')
+  parser.add_argument('--synthesize', type=int, default=0, help='make shards of N ~256-px JPEGs first')
+  parser.add_argument('--size', type=int, default=224)
+  parser.add_argument('--seconds', type=float, default=3.0, help='minimum time per stage')
+  args = parser.parse_args(argv)
+  os.environ.setdefault('OMP_NUM_THREADS', '1')
+  from superclip_jax import cli
+  with cli.user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
+    shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
+    r = run(shards, args.size, min_seconds=args.seconds)
+  print(f"source images: shorter side {r['mean_source_side']:.0f} px; output {args.size} px; one process, one core")
+  for stage in ('decode', 'decode_pil', 'decode_augment', 'pipeline'):
+    print(f'{stage:15s} {r[stage]:8.0f} images/s per core   ({r[stage] / r["decode"]:.2f} x decode)')
+  print(json.dumps({k: round(v, 1) for k, v in r.items()}))
+
+
+if __name__ == '__main__':
+  main()

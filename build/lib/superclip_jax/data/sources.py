@@ -1,0 +1,187 @@
+"""Readers for the formats users already have; each yields raw items for the shard builder.
+
+An item is a dict: key, image (bytes) or image_path (read by the worker), caption (bytes/str/None),
+long_caption (optional), label (int, -1 if none), or a dict with only 'skip': reason for an
+input that is bad before any record exists (unsafe tar path, duplicate key, missing pair).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import tarfile
+from typing import Any, Iterator
+
+from superclip_jax.errors import UserError
+
+IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'gif', 'tif', 'tiff')
+LONG_CAPTION_EXT = 'long.txt'
+
+
+def expand_braces(pattern: str) -> list[str]:
+  """'/d/{00000..00002}.tar' -> three paths (zero padding kept); '{a,b}' lists; then glob."""
+  match = re.search(r'\{([^{}]*)\}', pattern)
+  if not match:
+    found = sorted(glob.glob(pattern)) if any(c in pattern for c in '*?[') else [pattern]
+    return found
+  body = match.group(1)
+  rng = re.fullmatch(r'(\d+)\.\.(\d+)', body)
+  if rng:
+    lo, hi = rng.groups()
+    width = len(lo)
+    options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+  else:
+    options = body.split(',')
+  out = []
+  for option in options:
+    out.extend(expand_braces(pattern[:match.start()] + option + pattern[match.end():]))
+  return out
+
+
+def _unsafe(name: str) -> bool:
+  parts = name.replace('\\', '/').split('/')
+  return name.startswith('/') or '..' in parts or re.match(r'^[A-Za-z]:', name) is not None
+
+
+def _split_key(name: str) -> tuple[str, str]:
+  """WebDataset convention: the key is the path up to the first dot of the basename."""
+  directory, base = os.path.split(name)
+  stem, _, ext = base.partition('.')
+  return (os.path.join(directory, stem) if directory else stem), ext.lower()
+
+
+def _group_to_item(key: str, files: dict[str, bytes]) -> dict[str, Any]:
+  image_ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+  meta = {}
+  if 'json' in files:
+    try:
+      meta = json.loads(files['json'].decode('utf-8'))
+      if not isinstance(meta, dict):
+        meta = {}
+    except (UnicodeDecodeError, ValueError):
+      meta = {}
+  caption = files.get('txt')
+  if caption is None:
+    caption = meta.get('caption') or meta.get('text')
+  if image_ext is None:
+    return {'key': key, 'skip': 'missing_image'}
+  if caption is None:
+    return {'key': key, 'skip': 'missing_caption'}
+  return {'key': key, 'image': files[image_ext], 'caption': caption,
+          'long_caption': files.get(LONG_CAPTION_EXT) or meta.get('long_caption') or '',
+          'label': int(meta['label']) if isinstance(meta.get('label'), int) else -1}
+
+
+def read_webdataset_tar(path: str) -> Iterator[dict[str, Any]]:
+  """Items of one img2dataset-style tar (key.jpg + key.txt + key.json), streamed in order.
+
+  Nothing is extracted to disk, so a path-traversal name is only skipped and counted. A
+  key seen before in this tar, or a repeated extension within a key, drops that group.
+  """
+  seen: set[str] = set()
+  current_key, files, duplicate = None, {}, False
+  try:
+    with tarfile.open(path, 'r|*') as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        if _unsafe(member.name):
+          yield {'key': member.name, 'skip': 'unsafe_path'}
+          continue
+        key, ext = _split_key(member.name)
+        if key != current_key:
+          if current_key is not None and not duplicate:
+            yield _group_to_item(current_key, files)
+          current_key, files, duplicate = key, {}, key in seen
+          if duplicate:
+            yield {'key': key, 'skip': 'duplicate_key'}
+          seen.add(key)
+        data = tar.extractfile(member).read()
+        tar.members = []  # streaming: do not keep every header in memory
+        if duplicate:
+          continue
+        if ext in files:
+          duplicate = True
+          yield {'key': key, 'skip': 'duplicate_key'}
+          continue
+        files[ext] = data
+  except (tarfile.TarError, OSError, EOFError) as e:
+    yield {'key': path, 'skip': 'truncated_tar', 'detail': f'{path}: {e}'}
+  if current_key is not None and files and not duplicate:
+    yield _group_to_item(current_key, files)
+
+
+def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
+  """Items of a folder: images + captions.jsonl / captions.csv, else the ImageFolder layout.
+
+  Returns (items with image paths, read later by the worker; class names for ImageFolder or []).
+  """
+  if not os.path.isdir(directory):
+    raise UserError(f'folder source {directory} does not exist')
+  jsonl, csv_path = os.path.join(directory, 'captions.jsonl'), os.path.join(directory, 'captions.csv')
+  rows: list[dict[str, Any]] = []
+  if os.path.exists(jsonl):
+    with open(jsonl, encoding='utf-8') as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rows.append(json.loads(line))
+        except ValueError as e:
+          raise UserError(f'{jsonl}:{n}: not JSON ({e})') from e
+  elif os.path.exists(csv_path):
+    with open(csv_path, encoding='utf-8', newline='') as f:
+      rows = list(csv.DictReader(f))
+  if rows or os.path.exists(jsonl) or os.path.exists(csv_path):
+    items = []
+    for n, row in enumerate(rows):
+      rel = row.get('image') or row.get('file') or row.get('filename')
+      if not rel:
+        raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
+      path = os.path.join(directory, rel)
+      if _unsafe(rel) or not os.path.exists(path):
+        items.append({'key': rel, 'skip': 'unsafe_path' if _unsafe(rel) else 'missing_image'})
+        continue
+      label = row.get('label', -1)
+      items.append({'key': rel, 'image_path': path, 'caption': row.get('caption', row.get('text')),
+                    'long_caption': row.get('long_caption') or '',
+                    'label': int(label) if str(label).lstrip('-').isdigit() else -1})
+    return items, []
+  classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+  if not classes:
+    raise UserError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
+  items = []
+  for label, name in enumerate(classes):
+    class_dir = os.path.join(directory, name)
+    for fname in sorted(os.listdir(class_dir)):
+      if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
+        rel = os.path.join(name, fname)
+        items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
+                      'caption': template.format(name.replace('_', ' ')), 'label': label})
+  return items, classes
+
+
+def read_tfds(name: str, split: str, start: int, stop: int, data_dir: str | None,
+              template: str) -> Iterator[dict[str, Any]]:
+  """Items of a prepared TFDS dataset slice (optional extra: needs tensorflow-datasets + TensorFlow)."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError('tfds: sources need `pip install tensorflow-datasets tensorflow` '
+                      '(TFDS features decode with TensorFlow)') from e
+  builder = tfds.builder(name, data_dir=data_dir)
+  ds = builder.as_dataset(split=f'{split}[{start}:{stop}]', decoders={'image': tfds.decode.SkipDecoding()})
+  label_names = None
+  if 'label' in builder.info.features and hasattr(builder.info.features['label'], 'names'):
+    label_names = builder.info.features['label'].names
+  for i, ex in enumerate(tfds.as_numpy(ds)):
+    caption = ex.get('caption')
+    if caption is None and 'captions' in ex:
+      caption = ex['captions']['text'][0]
+    label = int(ex['label']) if 'label' in ex else -1
+    if caption is None and label_names:
+      caption = template.format(label_names[label].replace('_', ' '))
+    yield {'key': f'{name}/{split}/{start + i}', 'image': ex['image'], 'caption': caption, 'label': label}

@@ -1,0 +1,76 @@
+"""Image decoding and the CLIP train / eval crops, in uint8 on the host.
+
+Decoding uses simplejpeg (libjpeg-turbo; measured about 4x faster than PIL here) with
+DCT-domain downscaling when the source is much larger than needed; crops are resized
+with OpenCV's bicubic. Normalisation happens on the device, inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import simplejpeg
+
+cv2.setNumThreads(1)  # parallelism comes from Grain workers; nested OpenCV threads only contend
+
+
+class DecodeError(Exception):
+  """Image bytes that cannot be decoded."""
+
+
+def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
+  """JPEG bytes -> uint8 RGB (H, W, 3), decoded at the smallest DCT scale keeping both sides >= min_side."""
+  try:
+    if min_side:
+      h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+      short = min(h, w)
+      scale = min_side / short if short else 1.0
+      # The smallest side must stay >= min_side; scale the other bound to keep the aspect.
+      return simplejpeg.decode_jpeg(data, colorspace='RGB', min_height=math.ceil(h * scale),
+                                    min_width=math.ceil(w * scale))
+    return simplejpeg.decode_jpeg(data, colorspace='RGB')
+  except (ValueError, RuntimeError, TypeError) as e:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if arr is None:
+      raise DecodeError(f'{type(e).__name__}: {e}') from e
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """torchvision's RandomResizedCrop (10 tries, then a centre crop), bicubic resize to size x size."""
+  height, width = image.shape[:2]
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      break
+  else:
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+      w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+      h, w = height, int(round(height * ratio[1]))
+    else:
+      w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+  crop = image[top:top + h, left:left + w]
+  return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """Evaluation: shorter side to `size` (bicubic), then the central size x size crop."""
+  height, width = image.shape[:2]
+  scale = size / min(height, width)
+  h, w = max(size, round(height * scale)), max(size, round(width * scale))
+  resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC) if (h, w) != (height, width) else image
+  top, left = (h - size) // 2, (w - size) // 2
+  return np.ascontiguousarray(resized[top:top + size, left:left + size])

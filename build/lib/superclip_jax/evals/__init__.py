@@ -1,0 +1,1 @@
+"""Zero-shot classification, retrieval and linear-probe evaluation."""

@@ -1,0 +1,154 @@
+"""Export inference weights from a training workdir, and load them back ready to use.
+
+  python -m superclip_jax.export --workdir DIR --out MODEL [--step N]
+
+MODEL holds `params/` (Orbax; towers and temperature only: no optimizer, no token
+classifier, no IDF counts) and `model_config.json` (the ModelConfig, the tokenizer and
+the image preprocessing). `superclip_jax.load(MODEL)` returns encode_image / encode_text
+/ tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from superclip_jax import checkpoint, cli, storage
+from superclip_jax.errors import UserError
+from superclip_jax.models.superclip import ModelConfig, ModelDef
+
+TRAINING_ONLY = ('token_classifier',)
+
+
+def _tokenizer_description(config: dict) -> dict[str, Any]:
+  data = config['data']
+  if data['kind'] == 'synthetic':
+    return {'kind': 'synthetic', 'context_length': config['model']['context_length'],
+            'sot_id': config['tokenizer']['sot_id'], 'eot_id': config['tokenizer']['eot_id'],
+            'vocab_size': config['model']['vocab_size']}
+  from superclip_jax.data import inputs, records
+  tok = records.read_manifest(inputs.shard_dirs(data['shards'])[0])['tokenizer']
+  return {'kind': 'spec', 'spec': tok.get('spec', 'clip'), 'context_length': config['model']['context_length']}
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+  """Write MODEL from the workdir's newest (or given) checkpoint; returns out."""
+  if step is None:
+    step_dir, step = checkpoint.latest_checkpoint_dir(workdir)
+  else:
+    step_dir = storage.join(storage.absolute(workdir), 'checkpoints', str(step))
+  if not storage.exists(step_dir):
+    raise UserError(f'{step_dir}: no such checkpoint')
+  config = json.loads(storage.read_text(storage.join(step_dir, 'config', 'metadata')))
+  cfg = ModelConfig.from_config(ml_collections.ConfigDict(config))
+  params = checkpoint.read_numpy_tree(storage.join(step_dir, 'state'))['params']
+  params = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
+  tokenizer = _tokenizer_description(config)
+  out = storage.absolute(out)
+  if tokenizer['kind'] == 'spec' and os.path.exists(tokenizer['spec']):
+    storage.makedirs(out)
+    storage.Path(storage.join(out, 'tokenizer.json')).write_bytes(open(tokenizer['spec'], 'rb').read())
+    tokenizer['spec'] = 'tokenizer.json'
+  params_dir = storage.Path(storage.join(out, 'params'))
+  if params_dir.exists():
+    params_dir.rmtree()
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(storage.join(out, 'params'), params)
+  ckptr.wait_until_finished()
+  storage.write_text(storage.join(out, 'model_config.json'), json.dumps(
+      {'model': cfg.to_dict(), 'tokenizer': tokenizer, 'step': step,
+       'image_mean': [0.48145466, 0.4578275, 0.40821073],
+       'image_std': [0.26862954, 0.26130258, 0.27577711]}, indent=1))
+  return out
+
+
+class _SyntheticTokenizer:
+  """The word-level tokenizer of the synthetic data, for models trained on it."""
+
+  def __init__(self, description):
+    from superclip_jax.data import synthetic
+    self._source = synthetic.SyntheticImageText(
+        image_size=8, vocab_size=description['vocab_size'], context_length=description['context_length'],
+        sot_id=description['sot_id'], eot_id=description['eot_id'], pad_id=0)
+    self.context_length = description['context_length']
+
+  def __call__(self, texts, context_length=None):
+    if isinstance(texts, str):
+      texts = [texts]
+    return np.stack([self._source.tokenize(t) for t in texts])
+
+
+class LoadedModel:
+  """An exported model: encode_image(uint8 or normalised images), encode_text(texts or ids)."""
+
+  def __init__(self, directory: str):
+    meta = json.loads(storage.read_text(storage.join(directory, 'model_config.json')))
+    cfg = dict(meta['model'])
+    cfg['variant'] = 'clip' if cfg['variant'] == 'superclip' else cfg['variant']  # no head at inference
+    self.config = ModelConfig.from_dict(cfg)
+    self.model_def = ModelDef(self.config)
+    self.params = jax.tree.map(jnp.asarray, checkpoint.read_numpy_tree(storage.join(directory, 'params')))
+    self.step = meta.get('step')
+    tok = meta['tokenizer']
+    if tok['kind'] == 'synthetic':
+      self.tokenizer = _SyntheticTokenizer(tok)
+    else:
+      from superclip_jax.data import tokenizer as tokenizer_lib
+      spec = tok['spec']
+      if spec == 'tokenizer.json':
+        spec = storage.join(directory, spec)
+      self.tokenizer = tokenizer_lib.load_tokenizer(spec, tok['context_length'])
+
+  @functools.cached_property
+  def _image_fn(self):
+    return jax.jit(lambda p, x: self.model_def.bind(p).encode_image(x))
+
+  @functools.cached_property
+  def _text_fn(self):
+    return jax.jit(lambda p, t: self.model_def.bind(p).encode_text(t))
+
+  def encode_image(self, images) -> np.ndarray:
+    """(N, H, W, 3) uint8 pixels or CLIP-normalised floats -> L2-normalised embeddings."""
+    return np.asarray(self._image_fn(self.params, jnp.asarray(images)))
+
+  def encode_text(self, texts: str | Sequence[str] | np.ndarray) -> np.ndarray:
+    """Texts (tokenized here) or int token ids (N, L) -> L2-normalised embeddings."""
+    if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str)):
+      texts = self.tokenizer(list(texts) if not isinstance(texts, str) else texts,
+                             context_length=self.config.context_length)
+    return np.asarray(self._text_fn(self.params, jnp.asarray(texts, jnp.int32)))
+
+  @property
+  def logit_scale(self) -> float:
+    return float(np.exp(self.params['logit_scale'])) if 'logit_scale' in self.params else 1.0
+
+
+def load(directory: str) -> LoadedModel:
+  """Load an export made by `python -m superclip_jax.export`."""
+  if not storage.exists(storage.join(directory, 'model_config.json')):
+    raise UserError(f'{directory}: no model_config.json (not an export of superclip_jax.export)')
+  return LoadedModel(directory)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m superclip_jax.export', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--step', type=int, default=None, help='default: the newest checkpoint')
+  args = parser.parse_args(argv)
+  with cli.user_errors('superclip_jax.export'):
+    print(export(args.workdir, args.out, args.step))
+
+
+if __name__ == '__main__':
+  main()

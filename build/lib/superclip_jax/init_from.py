@@ -1,0 +1,96 @@
+"""Weights-only starts (`config.init_from`): fine-tuning, LiT, continued training from another model.
+
+The source is a training workdir (its newest checkpoint) or an export / converted model
+(`model_config.json` + `params/`). Its arrays are restored by Orbax straight into this
+run's sharded layout, whatever mesh or number of processes wrote them: no host ever
+gathers the model. Parameters the source lacks (an export has no token classifier)
+keep their fresh initialisation; a parameter of another shape is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from superclip_jax import checkpoint, storage
+from superclip_jax.errors import UserError
+
+MODEL_CONFIG = 'model_config.json'
+
+
+def locate(path: str, step: int | None = None) -> tuple[str, str]:
+  """(Orbax directory holding the parameters, the prefix of their names inside it).
+
+  path: an export (model_config.json + params/) or a workdir (its newest checkpoint, or `step`).
+  """
+  if storage.exists(storage.join(path, MODEL_CONFIG)):
+    return storage.join(path, 'params'), ''
+  if not storage.exists(path):
+    raise UserError(f'{path}: no such directory')
+  if step is None:
+    step_dir, _ = checkpoint.latest_checkpoint_dir(path)
+  else:
+    step_dir = storage.join(storage.absolute(path), 'checkpoints', str(step))
+    if not storage.exists(step_dir):
+      raise UserError(f'{path}: no checkpoint of step {step}')
+  return storage.join(step_dir, 'state'), 'params.'
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+  out: dict = {}
+  for name, value in flat.items():
+    node = out
+    parts = name.split('.')
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = value
+  return out
+
+
+def restore_params(path: str, params_target: dict, image_tower_only: bool = False,
+                   step: int | None = None, ignore: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+  """Arrays of the source for this run's parameters, sharded as `params_target` says.
+
+  params_target: ShapeDtypeStructs with shardings (the run's abstract parameters).
+  ignore: name prefixes of source parameters to leave out ('token_classifier.').
+  Returns ({dotted name: array} of the parameters taken, their names).
+  """
+  directory, prefix = locate(path, step)
+  meta = ocp.StandardCheckpointer().metadata(directory)
+  tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None) or meta.item_metadata
+  saved = {name[len(prefix):]: leaf for name, leaf in checkpoint.flat_names(tree).items()
+           if name.startswith(prefix)}
+  wanted = checkpoint.flat_names(params_target)
+  problems, taken = [], []
+  for name, leaf in sorted(saved.items()):
+    if (image_tower_only and not name.startswith('image_tower.')) or name.startswith(tuple(ignore)):
+      continue
+    if name not in wanted:
+      problems.append(f'{name}: in {path} but not in this model')
+    elif tuple(leaf.shape) != tuple(wanted[name].shape):
+      problems.append(f'{name}: shape {tuple(leaf.shape)} in {path}, {tuple(wanted[name].shape)} here')
+    else:
+      taken.append(name)
+  if problems:
+    raise UserError(f'init_from {path} does not fit this model: ' + '; '.join(problems))
+  if not taken:
+    raise UserError(f'init_from {path}: no parameter of this model found there')
+  item = _nest({prefix + n: wanted[n] for n in taken})
+  restore_args = jax.tree.map(
+      lambda sds: ocp.ArrayRestoreArgs(sharding=sds.sharding, global_shape=sds.shape, dtype=sds.dtype), item)
+  restored = ocp.PyTreeCheckpointer().restore(
+      directory, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+  flat = checkpoint.flat_names(restored)
+  logging.info('init_from %s: %d of %d parameter arrays loaded', path, len(taken), len(wanted))
+  return {n: flat[prefix + n] for n in taken}, taken
+
+
+def merge(params: dict, loaded: dict[str, Any]) -> dict:
+  """params with the loaded arrays (by dotted name) put in their place."""
+  def pick(path, leaf):
+    name = '.'.join(checkpoint.key_name(k) for k in path)
+    return loaded.get(name, leaf)
+  return jax.tree_util.tree_map_with_path(pick, params)

@@ -1,0 +1,54 @@
+"""Entry point: python -m superclip_jax.main --config configs/NAME.py --workdir DIR [--config.key=value].
+
+One command on a laptop or on every host of a pod: `jax.distributed` starts by itself on
+TPU VMs, SLURM, Open MPI and Kubernetes (see runtime.py and launch/). `--dry_run`
+compiles the real step for the devices present or a TPU topology and reports memory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from superclip_jax import cli
+
+_CONFIG = cli.define_config_flag('Training config file (ml_collections).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'yes', 'no'],
+    "Start jax.distributed: 'auto' when a cluster (TPU VM, SLURM, Open MPI, K8s) or a coordinator is given.")
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (or JAX_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (or JAX_PROCESS_ID).')
+_INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
+                                     'Seconds to wait for every process to join before aborting.')
+_HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without a heartbeat before a peer counts as dead.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the train step and report its memory and FLOPs; no training.')
+_TOPOLOGY = flags.DEFINE_string('topology', None, "With --dry_run: a TPU topology such as 'v5e:16x16' (needs libtpu).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  with cli.user_errors():
+    config = cli.config_value(_CONFIG)
+    if _DRY_RUN.value:
+      from superclip_jax import dry_run
+      report = dry_run.run(config, topology=_TOPOLOGY.value)
+      sys.exit(0 if report['fits'] else 1)
+    if not _WORKDIR.value:
+      raise app.UsageError('--workdir is required')
+    from superclip_jax import runtime
+    runtime.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       _INIT_TIMEOUT.value, _HEARTBEAT.value)
+    import jax
+
+    from superclip_jax import train
+    logging.info('process %d/%d, %d local devices (%s)', jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.devices()[0].platform)
+    train.run(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  cli.run(main, 'superclip_jax.main')

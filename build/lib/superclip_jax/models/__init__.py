@@ -1,0 +1,1 @@
+"""Flax NNX towers and token classifier."""

@@ -1,0 +1,158 @@
+"""Parameter-holding building blocks shared by both towers.
+
+Every parameter carries logical axis names (`axes` metadata) that `sharding.py` maps
+onto the mesh. Transformer blocks keep their parameters stacked along a leading
+'layers' axis and run under `jax.lax.scan`: compile time stays flat in depth, and each
+stacked tensor maps onto one OpenCLIP tensor per block (`transformer.resblocks.N.*`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from superclip_jax import sharding
+
+LAYERS = 'layers'
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which the OpenAI/OpenCLIP weights assume
+
+
+def normal_param(rngs: nnx.Rngs, shape: Sequence[int], std: float, axes: Sequence[str | None]) -> nnx.Param:
+  """A float32 N(0, std^2) parameter with logical axis names."""
+  value = std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)
+  return nnx.Param(value, axes=tuple(axes))
+
+
+def constant_param(value: float, shape: Sequence[int], axes: Sequence[str | None]) -> nnx.Param:
+  """A float32 parameter filled with `value`, with logical axis names."""
+  return nnx.Param(jnp.full(tuple(shape), value, jnp.float32), axes=tuple(axes))
+
+
+def _stacked(depth: int, shape, axes):
+  if depth:
+    return (depth, *shape), (LAYERS, *axes)
+  return tuple(shape), tuple(axes)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  """LayerNorm computed in float32 (bf16 statistics drift), returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * scale + bias
+  return y.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm parameters (optionally stacked over `depth` layers)."""
+
+  def __init__(self, dim: int, depth: int = 0):
+    shape, axes = _stacked(depth, (dim,), ('embed',))
+    self.scale = constant_param(1.0, shape, axes)
+    self.bias = constant_param(0.0, shape, axes)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return layer_norm(x, self.scale[...], self.bias[...])
+
+
+class Dense(nnx.Module):
+  """Kernel + bias of a linear map whose kernel may have several in/out dimensions."""
+
+  def __init__(self, in_shape, out_shape, in_axes, out_axes, std: float, *, rngs: nnx.Rngs, depth: int = 0):
+    kshape, kaxes = _stacked(depth, (*in_shape, *out_shape), (*in_axes, *out_axes))
+    bshape, baxes = _stacked(depth, tuple(out_shape), tuple(out_axes))
+    self.kernel = normal_param(rngs, kshape, std, kaxes)
+    self.bias = constant_param(0.0, bshape, baxes)
+
+
+def gelu(x: jax.Array, quick: bool) -> jax.Array:
+  """Exact GELU (torch.nn.GELU), or OpenAI's QuickGELU x * sigmoid(1.702 x)."""
+  if quick:
+    return x * jax.nn.sigmoid(1.702 * x)
+  return jax.nn.gelu(x, approximate=False)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Keep activations split by the 'batch' rule while the trainer's rules are in force."""
+  return sharding.constrain(x, ('batch',) + (None,) * (x.ndim - 1))
+
+
+def replicate(x: jax.Array) -> jax.Array:
+  """All-gather a sharded parameter before a lookup (no-op without a mesh).
+
+  The SPMD partitioner cannot gather rows of a width-sharded table straight into a
+  batch-sharded result and would replicate it in the worst layout; asking for the FSDP
+  all-gather first is what a matmul gets anyway.
+  """
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec())
+
+
+_REMAT_POLICIES = {
+    'full': None,  # save nothing but the block input; recompute the block in backward
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+  """`depth` pre-LN residual blocks (attention, MLP) as in OpenAI CLIP, scanned over layers."""
+
+  def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, *, causal: bool,
+               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs, scan: bool = True):
+    if width % heads:
+      raise ValueError(f'width {width} is not divisible by heads {heads}')
+    head_dim = width // heads
+    hidden = int(width * mlp_ratio)
+    # OpenAI CLIP's initialisation (also OpenCLIP's text tower).
+    attn_std = width ** -0.5
+    proj_std = width ** -0.5 * (2 * depth) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    self.ln_1 = LayerNorm(width, depth)
+    self.attn_in = Dense((width,), (3, heads, head_dim), ('embed',), (None, 'heads', 'kv'),
+                         attn_std, rngs=rngs, depth=depth)
+    self.attn_out = Dense((heads, head_dim), (width,), ('heads', 'kv'), ('embed',),
+                          proj_std, rngs=rngs, depth=depth)
+    self.ln_2 = LayerNorm(width, depth)
+    self.mlp_fc = Dense((width,), (hidden,), ('embed',), ('mlp',), fc_std, rngs=rngs, depth=depth)
+    self.mlp_proj = Dense((hidden,), (width,), ('mlp',), ('embed',), proj_std, rngs=rngs, depth=depth)
+    self.causal = causal
+    self.quick_gelu = quick_gelu
+    self.compute_dtype = compute_dtype
+    self.remat = remat
+    self.scan = scan
+    self.depth = depth
+
+  def _block(self, x: jax.Array, p) -> jax.Array:
+    dt = self.compute_dtype
+    h = layer_norm(x, p['ln_1']['scale'], p['ln_1']['bias'])
+    qkv = jnp.einsum('btd,dshk->btshk', h, p['attn_in']['kernel'].astype(dt))
+    qkv = qkv + p['attn_in']['bias'].astype(dt)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+    x = x + jnp.einsum('bthk,hkd->btd', o, p['attn_out']['kernel'].astype(dt)) + p['attn_out']['bias'].astype(dt)
+    h = layer_norm(x, p['ln_2']['scale'], p['ln_2']['bias'])
+    h = h @ p['mlp_fc']['kernel'].astype(dt) + p['mlp_fc']['bias'].astype(dt)
+    h = gelu(h, self.quick_gelu)
+    x = x + h @ p['mlp_proj']['kernel'].astype(dt) + p['mlp_proj']['bias'].astype(dt)
+    return constrain_batch(x)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    stacked = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+    def body(carry, layer_params):
+      return self._block(carry, layer_params), None
+
+    if self.remat != 'none':
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.remat], prevent_cse=False)
+    x = x.astype(self.compute_dtype)
+    if self.scan:
+      x, _ = jax.lax.scan(body, x, stacked)
+      return x
+    # Unrolled: compile time grows with depth; the layers' parameters are the same stacked arrays.
+    for i in range(self.depth):
+      x, _ = body(x, jax.tree.map(lambda p, i=i: p[i], stacked))
+    return x

@@ -1,0 +1,219 @@
+"""The SuperCLIP trainer, top to bottom: guard rails, mesh, model + optimizer in their sharded
+layout, restore, data, the jitted step, evaluators, the loop with metrics and checkpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from superclip_jax import (
+  checkpoint,
+  config_defaults,
+  flops,
+  init_from,
+  metric_writers,
+  metrics,
+  optim,
+  sharding,
+  storage,
+  train_state,
+  train_step,
+)
+from superclip_jax.data import inputs
+from superclip_jax.errors import UserError
+from superclip_jax.evals import embed, registry
+from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
+
+
+class NonFiniteError(RuntimeError):
+  """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
+
+
+def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int,
+             loop: dict) -> metric_writers.MultiWriter:
+  """metrics.jsonl + TensorBoard (+ W&B) on process 0; nothing on the others."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  jsonl = metric_writers.JsonlWriter(workdir, resume_step=start_step)
+  if start_step and jsonl.dropped:
+    logging.info('%d metric rows logged after step %d dropped (the run went on past its last checkpoint)',
+                 jsonl.dropped, start_step)
+  writers: list[metric_writers.MetricWriter] = [jsonl, metric_writers.TensorBoardWriter(workdir)]
+  if config.wandb.project:
+    name = config.wandb.name or storage.absolute(workdir).rstrip('/').split('/')[-1]
+    writers.append(metric_writers.WandbWriter(config.wandb.project, config.wandb.entity, name, config.to_dict(),
+                                              resume_id=loop.get('wandb_id')))
+  return metric_writers.MultiWriter(writers)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Train as the config says (resuming from workdir's checkpoints); returns the logged rows."""
+  # ---- Guard rails --------------------------------------------------------------------
+  # Random bits generated shard-locally: sharded init gives the same values on any mesh.
+  jax.config.update('jax_threefry_partitionable', True)
+  config_defaults.validate(config)
+  total_steps = config_defaults.resolved_total_steps(config)
+  global_batch = config.data.global_batch_size
+
+  # ---- Mesh -----------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh.shape)
+  rules = tuple(tuple(r) for r in config.mesh.rules)
+  sharding.check_batch_divides(global_batch, mesh)
+  logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(), jax.process_count())
+
+  # ---- Model and optimizer, created directly in their sharded layout ----------------------
+  model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
+  tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), total_steps)
+  idf_counts = train_state.initial_idf_counts(config, model_def.cfg.variant, inputs.offline_idf_stats_path(config))
+  target, shardings = train_state.abstract_train_state(model_def, tx, idf_counts, mesh, rules)
+  logging.info('model %s: %.2fM parameters; %d steps of %d samples', model_def.cfg.variant,
+               count_params(model_def.shapes()) / 1e6, total_steps, global_batch)
+
+  # ---- Restore: the newest usable checkpoint, else a fresh state (weights-only init) -------
+  ckpt = checkpoint.Checkpointer(workdir, config)
+  restored = ckpt.restore_latest(target, config)
+  loop: dict[str, Any] = {}
+  if restored is not None:
+    state, loop = restored
+  else:
+    state, _ = train_state.create_train_state(model_def, tx, idf_counts, mesh, rules)
+    if config.init_from:
+      loaded, _ = init_from.restore_params(config.init_from, target.params, config.init_image_tower_only)
+      state = state.replace(params=init_from.merge(state.params, loaded))
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info('resuming at step %d from %s', start_step, ckpt.path(start_step))
+
+  # ---- Data: this process's rows of each global batch, from the restored step on ----------
+  rows = sharding.local_rows(global_batch, mesh)
+  data = inputs.training_batches(config, rows, start_step=loop.get('data', {}).get('step', start_step))
+
+  writer = _writers(config, workdir, start_step, loop)
+  writer.write_hparams(config.to_dict())
+
+  # ---- Evaluators (config.evals) --------------------------------------------------------------
+  evaluators = None
+  if config.evals:
+    evaluators = registry.Evaluators(config, embed.Embedder(model_def, mesh, rules, shardings.params))
+
+  # ---- The jitted train step --------------------------------------------------------------
+  step_fn, collection = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
+  flops_per_step = flops.analytic_step_flops(model_def.cfg, global_batch)
+  peak = flops.peak_flops(jax.devices()[0].device_kind)
+
+  # ---- The loop ---------------------------------------------------------------------------
+  history = []
+  accumulated = metrics.restore_accumulator(collection, loop.get('metrics'))
+  skipped_examples = int(loop.get('skipped_examples', 0))  # undecodable examples replaced (this process)
+  clock = loop.get('throughput', {})
+  throughput = None
+  preemption = checkpoint.PreemptionWatcher(ckpt.manager, config.checkpoint.preemption_check_every)
+  profiling = False
+  t_start = time.perf_counter()
+
+  def loop_state(done: int) -> dict[str, Any]:
+    out = {'data': data.get_state(), 'metrics': metrics.accumulator_state(accumulated),
+           'throughput': throughput.state(done) if throughput else clock, 'skipped_examples': skipped_examples}
+    wandb = [w for w in writer.writers if isinstance(w, metric_writers.WandbWriter)]
+    if wandb:
+      out['wandb_id'] = wandb[0].run_id
+    return out
+
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start_step, total_steps):
+        if config.profile.num_steps and step == config.profile.first_step:
+          jax.profiler.start_trace(storage.join(storage.absolute(workdir), 'profile'))
+          profiling = True
+        local = next(data)
+        skipped_examples += int(local.pop('skipped_examples', 0))
+        local.pop('valid', None)
+        batch = sharding.global_batch(local, mesh, global_batch)
+        # A stray host<->device transfer inside the step is a silent slowdown on accelerators.
+        with jax.transfer_guard('disallow'):
+          state, step_metrics = step_fn(state, batch)
+        accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+        done = step + 1
+        if profiling and done >= config.profile.first_step + config.profile.num_steps:
+          jax.block_until_ready(state.step)
+          jax.profiler.stop_trace()
+          profiling = False
+          logging.info('profile of steps %d-%d written to %s', config.profile.first_step + 1, done,
+                       storage.join(workdir, 'profile'))
+        if throughput is None:
+          # The first step includes compilation: time the rest only.
+          jax.block_until_ready(state.step)
+          logging.info('first step (with compilation) took %.1fs', time.perf_counter() - t_start)
+          throughput = metrics.Throughput(global_batch, total_steps, clock.get('last_step', done), flops_per_step,
+                                          peak or 0.0, elapsed=clock.get('elapsed', 0.0))
+        stop = preemption.should_stop(done)
+        boundary = done % config.log_every_steps == 0 or done == total_steps
+        saving = stop or ckpt.due(done, total_steps)
+        if boundary or saving:
+          _check_finite(state, config, ckpt)
+        if boundary:
+          row = {k: float(v) for k, v in jax.device_get(accumulated.compute()).items()}
+          row['data/skipped_examples'] = skipped_examples
+          row['nonfinite_updates'] = int(jax.device_get(state.nonfinite_updates))
+          if done > throughput.last_step:
+            row.update(throughput.update(done))
+          accumulated = None
+          writer.write_scalars(done, row)
+          metrics.log_console(metrics.console_line(done, total_steps, row))
+          history.append({'step': done, **row})
+        if saving:
+          writer.flush()
+          ckpt.save(done, state, loop_state(done), config)
+        due = evaluators.due(done, total_steps) if evaluators and not stop else []
+        if due:
+          results = evaluators.run(state.params, due)
+          writer.write_scalars(done, results)
+          writer.flush()
+          for key, value in sorted(results.items()):
+            logging.info('step %d | %s %.4f', done, key, value)
+          history.append({'step': done, **results})
+        if stop:
+          ckpt.wait()
+          logging.warning('preempted: checkpoint of step %d saved to %s; exiting', done, ckpt.path(done))
+          break
+  finally:
+    if profiling:
+      jax.profiler.stop_trace()
+    preemption.restore_handler()
+    ckpt.close()
+    writer.close()
+    data.close()  # stop Grain workers now, not at garbage collection
+  if history and jax.process_index() == 0 and history[-1]['step'] == total_steps:
+    logging.info('%s', summary_table(history))
+  return history
+
+
+def summary_table(history: list[dict[str, Any]]) -> str:
+  """The final value of every logged metric (losses, temperature, evaluations) as a small table."""
+  final: dict[str, Any] = {}
+  for row in history:
+    final.update({k: v for k, v in row.items() if k != 'step'})
+  skip = set(metrics.TIMING_KEYS) | {'eta_seconds'}
+  keys = [k for k in sorted(final) if k not in skip and not k.endswith('/seconds')]
+  width = max(len(k) for k in keys) if keys else 0
+  lines = [f'final metrics (step {history[-1]["step"]}):']
+  lines += [f'  {k:<{width}}  {final[k]:.4f}' if isinstance(final[k], float) else f'  {k:<{width}}  {final[k]}'
+            for k in keys]
+  return '\n'.join(lines)
+
+
+def _check_finite(state, config: ml_collections.ConfigDict, ckpt: checkpoint.Checkpointer) -> None:
+  """With nonfinite='stop', end the run at the first NaN/Inf step (its update was never applied)."""
+  bad_step = int(jax.device_get(state.first_nonfinite_step))
+  if bad_step >= 0 and config.nonfinite == 'stop':
+    steps = ckpt.steps()
+    last = ckpt.path(steps[-1]) if steps else 'none yet'
+    raise NonFiniteError(f'non-finite loss or gradient at step {bad_step}; the last good checkpoint is {last}. '
+                         "Lower the learning rate, or set --config.nonfinite=skip to drop such updates.")
+
+
+__all__ = ['run', 'NonFiniteError', 'UserError', 'summary_table']

@@ -1,0 +1,46 @@
+"""Every command reports a user's mistake in one line on stderr, with no traceback, and a non-zero status."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = [
+    # (command after `python -m`, expected words of the one-line message)
+    (['superclip_jax.main', '--config', 'configs/nope.py', '--workdir', '{tmp}/w'], 'config file configs/nope.py not found'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.optim.learning_rat=1e-3'],
+     "unknown config key 'optim.learning_rat' (--config.optim.learning_rat); did you mean 'optim.learning_rate'?"),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.optim.learning_rate=fast'],
+     "--config.optim.learning_rate='fast': expected a float"),
+    (['superclip_jax.main', '--config', 'configs/tiny_shards.py:{tmp}/no_shards', '--workdir', '{tmp}/w'],
+     'no_shards/manifest.json: no manifest'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.mesh.shape=(3,1,1)'],
+     'mesh.shape (3, 1, 1) needs 3 devices, have 1'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.data.global_batch_size=0'],
+     'data.global_batch_size must be positive'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--num_processes=2'],
+     'missing --coordinator_address'),
+    (['superclip_jax.evaluate', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w'],
+     'the config lists no evaluators'),
+    (['superclip_jax.export', '--workdir', '{tmp}/nothing', '--out', '{tmp}/m'], 'no finished checkpoint under'),
+    (['superclip_jax.plot', '{tmp}/nothing'], 'no metrics.jsonl rows to plot'),
+    (['superclip_jax.data.tokenizer', 'encode', '--tokenizer', '{tmp}/tok.json', 'a cat'], 'tok.json not found'),
+    (['superclip_jax.data.tokenizer', 'train', '--captions', '{tmp}/none.txt', '--vocab-size', '300', '--out', '{tmp}/t'],
+     'none.txt: no such file'),
+    (['superclip_jax.data.bench', '--shards', '{tmp}/nothing'], 'nothing/manifest.json: no manifest'),
+]
+
+
+@pytest.mark.parametrize('command,message', CASES, ids=[' '.join(c[:2]) + f' #{i}' for i, (c, _) in enumerate(CASES)])
+def test_one_line_error_and_nonzero_status(tmp_path, command, message):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  args = [a.replace('{tmp}', str(tmp_path)) for a in command]
+  proc = subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if ': error: ' in line]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]

@@ -1,0 +1,150 @@
+"""Two processes x 4 CPU devices form one JAX job (launch/local_multiprocess.sh), as on a pod.
+
+The same logged losses as 1 process x 8 devices on meshes whose axes span the processes;
+a SIGTERM-and-resume that stays bitwise; a 2-process checkpoint continued by 1 process;
+init_from across process counts; a missing peer and a port in use are reported.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from superclip_jax import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
+KEYS = ('loss', 'contrastive_loss', 'cls_loss', 'grad_norm', 'logit_scale')
+
+
+def _env(devices=None):
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  env['PYTHON'] = sys.executable
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def _overrides(steps, *extra):
+  return [f'--config.total_steps={steps}', '--config.log_every_steps=5', '--config.checkpoint.every_steps=0',
+          '--config.checkpoint.preemption_check_every=1', *extra]
+
+
+def two_processes(workdir, *overrides, steps=20, wait=True):
+  cmd = ['bash', LAUNCH, '2', 'configs/tiny.py', str(workdir), *_overrides(steps, *overrides)]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _rows(workdir)
+
+
+def one_process(workdir, *overrides, steps=20):
+  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir),
+         *_overrides(steps, *overrides)]
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=8), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _rows(workdir)
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def _close(a, b, rel=2e-5):
+  assert [r['step'] for r in a] == [r['step'] for r in b]
+  for ra, rb in zip(a, b):
+    for key in KEYS:
+      assert ra[key] == pytest.approx(rb[key], rel=rel), (ra['step'], key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mesh', ['(8,1,1)', '(2,2,2)', '(1,1,8)'])  # (1,1,8): the tensor axis spans the processes
+def test_two_processes_log_the_losses_of_one(tmp_path, mesh):
+  multi = two_processes(tmp_path / 'two', f'--config.mesh.shape={mesh}')
+  single = one_process(tmp_path / 'one', f'--config.mesh.shape={mesh}')
+  _close(multi, single)  # measured: relative differences below 4e-7 (float32 reduction order)
+
+
+def _flat(tree):
+  import jax
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.slow
+def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
+  steps = 30
+  straight = two_processes(tmp_path / 'straight', steps=steps)
+  # Interrupted with SIGTERM (every process agrees on the step, checkpoints and exits), then resumed.
+  proc = two_processes(tmp_path / 'cut', steps=steps, wait=False)
+  metrics = tmp_path / 'cut' / 'metrics.jsonl'
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and metrics.read_text().count('\n') >= 1:
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-3000:]
+  stopped = checkpoint.latest_checkpoint_dir(str(tmp_path / 'cut'))[1]
+  assert 5 <= stopped < steps
+  import shutil
+  shutil.copytree(tmp_path / 'cut', tmp_path / 'cut_one')  # the same checkpoint, continued by one process
+  resumed = two_processes(tmp_path / 'cut', steps=steps)
+  assert [r['step'] for r in resumed] == [r['step'] for r in straight]
+  for ra, rb in zip(straight, resumed):
+    for key in KEYS:
+      assert ra[key] == rb[key], (ra['step'], key)  # bitwise
+  final = [_flat(checkpoint.read_numpy_tree(os.path.join(d, 'checkpoints', str(steps), 'state')))
+           for d in (tmp_path / 'straight', tmp_path / 'cut')]
+  for key in final[0]:
+    np.testing.assert_array_equal(final[0][key], final[1][key], err_msg=key)
+  # One process with 8 devices continues the 2-process checkpoint with the same samples.
+  continued = one_process(tmp_path / 'cut_one', steps=steps)
+  _close(continued, straight)
+  # init_from across process counts: a 1-process run starts from the 2-process checkpoint's weights.
+  init = one_process(tmp_path / 'init', f"--config.init_from={tmp_path / 'straight'}",
+                     '--config.optim.learning_rate=0', '--config.optim.schedule=constant', steps=5)
+  assert init[-1]['contrastive_loss'] < straight[0]['contrastive_loss'] - 0.5
+
+
+@pytest.mark.slow
+def test_missing_peer_ends_the_job_with_a_message(tmp_path):
+  # Only process 0 of 2 is started: it must give up within the timeout, not hang.
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(tmp_path),
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0',
+         '--initialization_timeout=10']
+  start = time.time()
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=2), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and time.time() - start < 120
+  assert 'DEADLINE_EXCEEDED' in proc.stderr or 'timed out' in proc.stderr.lower()
+
+
+def test_port_in_use_is_one_line(tmp_path):
+  with socket.socket() as s:
+    s.bind(('0.0.0.0', 0))
+    s.listen()
+    port = s.getsockname()[1]
+    cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(tmp_path),
+           f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0']
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=2), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert f'coordinator port {port} is in use' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_launcher_names_the_failing_process(tmp_path):
+  # A bad override makes every process fail at start-up: the launcher says which and shows why.
+  proc = subprocess.run(['bash', LAUNCH, '2', 'configs/tiny.py', str(tmp_path), '--config.nope=1'], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert 'of 2 failed: exit status 2' in proc.stderr and "unknown config key 'nope'" in proc.stderr

@@ -1,0 +1,176 @@
+"""Weights in and out (superclip_jax.convert): transformers CLIPModel, OpenCLIP (QuickGELU / GELU) and
+SuperCLIP-layout checkpoints convert to exports whose outputs equal the torch models', convert back
+tensor for tensor, load in transformers / open_clip, preprocess as OpenCLIP does, evaluate and fine-tune."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch', reason='interop tests need torch: pip install -r requirements-interop.txt')
+transformers = pytest.importorskip('transformers', reason='interop tests need transformers (requirements-interop.txt)')
+pytest.importorskip('safetensors', reason='interop tests need safetensors (requirements-interop.txt)')
+
+import interop_torch  # noqa: E402
+
+try:
+  open_clip = interop_torch.import_open_clip()
+except ImportError as e:  # pragma: no cover
+  pytest.skip(f'interop tests need open_clip (requirements-interop.txt): {e}', allow_module_level=True)
+
+import jax  # noqa: E402
+
+import corpus  # noqa: E402
+from superclip_jax import convert, export  # noqa: E402
+from superclip_jax.errors import UserError  # noqa: E402
+from superclip_jax.interop import io, tensors  # noqa: E402
+from superclip_jax.models.superclip import ModelDef  # noqa: E402
+
+ATOL = 1e-4
+MAX_DIFFS = {}  # printed at the end (pytest -s) for the report
+
+
+def _record(name, ours, theirs):
+  d = float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))))
+  MAX_DIFFS[name] = d
+  print(f'max abs diff {name}: {d:.3g}')
+  assert d < ATOL, (name, d)
+
+
+def _images(n, size, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
+
+
+def _compare(tag, model, reference, images, ids):
+  _record(f'{tag} image embedding', model.encode_image(images), reference['image'])
+  _record(f'{tag} text embedding', model.encode_text(ids), reference['text'])
+  logits = model.logit_scale * model.encode_image(images) @ model.encode_text(ids).T
+  _record(f'{tag} logits', logits, reference['logits'])
+
+
+def _assert_same_tensors(got: dict, want: dict):
+  assert sorted(got) == sorted(want)
+  for k in want:
+    w = want[k].numpy() if hasattr(want[k], 'numpy') else want[k]
+    np.testing.assert_array_equal(got[k], w, err_msg=k)
+
+
+@pytest.fixture(scope='module')
+def hf_model(tmp_path_factory):
+  model = interop_torch.hf_clip()
+  src = tmp_path_factory.mktemp('hf') / 'src'
+  model.save_pretrained(src)
+  out = str(tmp_path_factory.mktemp('hf') / 'converted')
+  convert.main(['--from', 'hf', '--src', str(src), '--out', out])
+  return model, str(src), out
+
+
+def test_hf_clip_converts_with_equal_outputs_and_back_exactly(hf_model, tmp_path):
+  model, _, out = hf_model
+  loaded = export.load(out)
+  assert loaded.config.quick_gelu and loaded.config.image.heads == 2 and loaded.config.eot_id == 49407
+  images, ids = _images(4, 32), interop_torch.text_ids(4, 16, 49408, seed=1)
+  ref = interop_torch.hf_outputs(model, images, ids)
+  _compare('hf -> ours', loaded, ref, images, ids)
+  # The CLIP BPE comes with the converted model.
+  assert loaded.encode_text(['a photo of a cat']).shape == (1, 32)
+  # Back: every tensor of the original, exactly.
+  back = str(tmp_path / 'hf_back')
+  convert.main(['--to', 'hf', '--src', out, '--out', back])
+  _, sd = tensors.read_hf_dir(back)
+  want = {k: v for k, v in model.state_dict().items() if not k.endswith('position_ids')}
+  _assert_same_tensors(sd, want)
+  # transformers loads it unchanged; the vision tower's features equal our image tower's.
+  reloaded, info = transformers.CLIPModel.from_pretrained(back, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  reloaded.eval()
+  _record('ours -> hf CLIPModel logits', interop_torch.hf_outputs(reloaded, images, ids)['logits'], ref['logits'])
+  vision, info = transformers.CLIPVisionModel.from_pretrained(back, output_loading_info=True)
+  assert not info['missing_keys'], info
+  vision.eval()
+  with torch.no_grad():
+    vis = vision(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    hf_tokens = getattr(vision, 'vision_model', vision).post_layernorm(vis.last_hidden_state).numpy()
+  tokens = np.asarray(ModelDef(loaded.config).bind(loaded.params).image_tower.tokens(images))
+  _record('ours -> CLIPVisionModel pooled', vis.pooler_output.numpy(), tokens[:, 0])
+  _record('ours -> CLIPVisionModel tokens (post-LN)', hf_tokens, tokens)
+
+
+@pytest.mark.parametrize('quick_gelu', [True, False])
+def test_open_clip_converts_with_equal_outputs_and_back_exactly(tmp_path, quick_gelu):
+  model = interop_torch.open_clip_model(open_clip, quick_gelu)
+  src = str(tmp_path / 'openclip.bin')
+  torch.save(model.state_dict(), src)
+  out = str(tmp_path / 'converted')
+  # OpenAI's weights are QuickGELU; an OpenCLIP checkpoint says nothing, GELU by default.
+  convert.main(['--from', 'openai' if quick_gelu else 'open_clip', '--src', src, '--out', out])
+  loaded = export.load(out)
+  assert loaded.config.quick_gelu == quick_gelu and loaded.config.image.heads == 2
+  images, ids = _images(4, 32, seed=2), interop_torch.text_ids(4, 16, 49408, seed=3)
+  ref = interop_torch.open_clip_outputs(model, images, ids)
+  _compare(f"open_clip {'quickgelu' if quick_gelu else 'gelu'} -> ours", loaded, ref, images, ids)
+  back = str(tmp_path / 'back')
+  convert.main(['--to', 'open_clip', '--src', out, '--out', back])
+  sd = tensors.read_file(os.path.join(back, 'open_clip_model.safetensors'))
+  _assert_same_tensors(sd, model.state_dict())
+  cfg = json.load(open(os.path.join(back, 'open_clip_config.json')))['model_cfg']
+  rebuilt = open_clip.model.CLIP(**cfg).eval()
+  rebuilt.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+  _record('ours -> open_clip logits', interop_torch.open_clip_outputs(rebuilt, images, ids)['logits'], ref['logits'])
+
+
+def test_superclip_layout_with_head(tmp_path):
+  vocab = 49408
+  model = interop_torch.open_clip_model(open_clip, False, vocab=vocab)
+  sd, head = interop_torch.superclip_state_dict(model, vocab)
+  src = str(tmp_path / 'superclip.pt')
+  torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in sd.items()}}, src)  # a training checkpoint
+  out = str(tmp_path / 'converted')
+  convert.main(['--from', 'open_clip', '--src', src, '--out', out])
+  cfg, params = io.read_ours(out)
+  assert cfg.variant == 'superclip' and 'token_classifier' in params
+  images, ids = _images(3, 32, seed=4), interop_torch.text_ids(3, 16, vocab, seed=5)
+  ref = interop_torch.open_clip_outputs(model, images, ids, head)
+  _compare('superclip -> ours', export.load(out), ref, images, ids)
+  outputs = ModelDef(cfg).bind(jax.tree.map(np.asarray, params))(images, ids)
+  _record('superclip -> ours token classifier logits', outputs['token_logits'], ref['token_logits'])
+  for to in ('open_clip', 'hf'):
+    back = str(tmp_path / to)
+    convert.main(['--to', to, '--src', out, '--out', back])
+    _assert_same_tensors(tensors.read_file(os.path.join(back, io.HEAD_FILE)), head)
+  # The token classifier round-trips through an HF directory too.
+  again = str(tmp_path / 'again')
+  convert.main(['--from', 'hf', '--src', str(tmp_path / 'hf'), '--out', again])
+  _, params_again = io.read_ours(again)
+  jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+
+def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
+  model = interop_torch.open_clip_model(open_clip, False, vocab=1000)
+  sd = dict(model.state_dict())
+  sd['visual.extra.weight'] = torch.zeros(3)
+  sd['transformer.resblocks.0.mlp.c_fc.bias'] = torch.zeros(7)
+  del sd['visual.ln_post.bias']
+  src = str(tmp_path / 'bad.bin')
+  torch.save(sd, src)
+  with pytest.raises(UserError, match='visual.ln_post.bias'):
+    io.read_foreign('open_clip', src)
+  del sd['visual.extra.weight']
+  sd['visual.ln_post.bias'] = torch.zeros(128)
+  torch.save(sd, src)
+  with pytest.raises(SystemExit) as e:
+    convert.main(['--from', 'open_clip', '--src', src, '--out', str(tmp_path / 'o')])
+  err = capsys.readouterr().err.strip()
+  assert e.value.code == 2 and len(err.splitlines()) == 1
+  assert 'text_tower.transformer.mlp_fc.bias' in err or 'c_fc.bias' in err
+  sd = dict(model.state_dict())
+  sd['visual.extra.weight'] = torch.zeros(3)
+  torch.save(sd, src)
+  with pytest.raises(UserError, match='unknown key visual.extra.weight'):
+    io.read_foreign('open_clip', src)
+  # Width 100 is no multiple of 64: the heads must be given.
+  with pytest.raises(UserError, match='--image-heads'):
+    from superclip_jax.interop import openclip
+    openclip.infer_config({'visual.conv1.weight': np.zeros((100, 3, 8, 8)), 'visual.positional_embedding':
+                           np.zeros((17, 100)), 'visual.proj': np.zeros((100, 8))}, quick_gelu=False)

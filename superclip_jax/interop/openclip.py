@@ -96,14 +96,12 @@ def _linear(w):
   return np.ascontiguousarray(np.asarray(w).T)
 
 
-def _blocks_in(sd: dict, prefix: str, size: presets.TowerSize, used: set) -> dict:
+def _blocks_in(sd: dict, prefix: str, size: presets.TowerSize) -> dict:
   w, h = size.width, size.heads
   per = {k: [] for k in _BLOCK_KEYS}
   for i in range(size.depth):
     for k in _BLOCK_KEYS:
-      name = f'{prefix}.resblocks.{i}.{k}'
-      used.add(name)
-      per[k].append(np.asarray(sd[name]))
+      per[k].append(np.asarray(sd[f'{prefix}.resblocks.{i}.{k}']))
   st = {k: np.stack(v) for k, v in per.items()}
   d = size.depth
   return {
@@ -118,7 +116,7 @@ def _blocks_in(sd: dict, prefix: str, size: presets.TowerSize, used: set) -> dic
   }
 
 
-def _blocks_out(p: dict, prefix: str) -> dict:
+def _blocks_out(p: dict, prefix: str, copy: bool = True) -> dict:
   d, w = p['attn_in']['kernel'].shape[:2]
   tensors = {
       'ln_1.weight': p['ln_1']['scale'], 'ln_1.bias': p['ln_1']['bias'],
@@ -130,94 +128,95 @@ def _blocks_out(p: dict, prefix: str) -> dict:
       'mlp.c_fc.weight': p['mlp_fc']['kernel'].transpose(0, 2, 1), 'mlp.c_fc.bias': p['mlp_fc']['bias'],
       'mlp.c_proj.weight': p['mlp_proj']['kernel'].transpose(0, 2, 1), 'mlp.c_proj.bias': p['mlp_proj']['bias'],
   }
-  return {f'{prefix}.resblocks.{i}.{k}': np.ascontiguousarray(v[i]) for k, v in tensors.items() for i in range(d)}
+  take = np.ascontiguousarray if copy else (lambda x: x)
+  return {f'{prefix}.resblocks.{i}.{k}': take(v[i]) for k, v in tensors.items() for i in range(d)}
 
 
-def _ln(sd, name, used):
-  used.update({name + '.weight', name + '.bias'})
+def _ln(sd, name):
   return {'scale': sd[name + '.weight'], 'bias': sd[name + '.bias']}
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+  """{key: torch shape} of the plain-layout state dict (head included) this ModelConfig needs."""
+  import jax
+
+  from superclip_jax.models.superclip import ModelDef
+  # Zero-stride views: the mapping's transposes and reshapes run without allocating the model.
+  views = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), np.float32), s.shape), ModelDef(cfg).shapes())
+  sd, head = from_params(views, copy=False)
+  return {k: tuple(np.shape(v)) for k, v in {**sd, **head}.items()}
+
+
+def normalise(sd: dict) -> dict:
+  """Known extras (OpenAI's ints, SuperCLIP's IDF buffers) dropped, the `text.` prefix removed."""
+  t = text_prefix(sd)
+  out = {}
+  for k, v in sd.items():
+    if k in IGNORED or k.endswith('.attn_mask'):
+      continue
+    out[k[len(t):] if t and k.startswith(t) else k] = v
+  return out
 
 
 def to_params(sd: dict, cfg: ModelConfig) -> dict:
   """Our pure params dict from the state dict; unknown, missing or misshaped keys: one UserError."""
-  from superclip_jax.models.superclip import ModelDef
-  expected = ModelDef(cfg).shapes()
-  used: set = set(k for k in sd if k in IGNORED)
-  try:
-    image = {
-        'conv1': sd['visual.conv1.weight'].transpose(2, 3, 1, 0),
-        'class_embedding': sd['visual.class_embedding'],
-        'positional_embedding': sd['visual.positional_embedding'],
-        'ln_pre': _ln(sd, 'visual.ln_pre', used), 'ln_post': _ln(sd, 'visual.ln_post', used),
-        'proj': sd['visual.proj'],
-        'transformer': _blocks_in(sd, 'visual.transformer', cfg.image, used),
-    }
-    used.update({'visual.conv1.weight', 'visual.class_embedding', 'visual.positional_embedding', 'visual.proj'})
-    params = {'image_tower': image}
-    if cfg.text is not None:
-      t = text_prefix(sd)
-      params['text_tower'] = {
-          'token_embedding': sd[t + 'token_embedding.weight'], 'positional_embedding': sd[t + 'positional_embedding'],
-          'ln_final': _ln(sd, t + 'ln_final', used), 'text_projection': sd[t + 'text_projection'],
-          'transformer': _blocks_in(sd, t + 'transformer', cfg.text, used)}
-      used.update({t + 'token_embedding.weight', t + 'positional_embedding', t + 'text_projection'})
-    if cfg.variant != 'clip':
-      params['token_classifier'] = {
-          'norm': _ln(sd, HEAD + 'ln_mlp', used),
-          'head': {'kernel': _linear(sd[HEAD + 'text_projection.weight']), 'bias': sd[HEAD + 'text_projection.bias']}}
-      used.update({HEAD + 'text_projection.weight', HEAD + 'text_projection.bias'})
-    for name in ('logit_scale', 'logit_bias'):
-      if name in expected:
-        params[name] = np.asarray(sd[name], np.float32).reshape(())
-        used.add(name)
-  except KeyError as e:
-    raise UserError(f'state dict lacks {e.args[0]} (and maybe more) for a {cfg.variant} model with '
-                    f'{cfg.image.depth} image / {cfg.text.depth if cfg.text else 0} text blocks') from None
-  unknown = sorted(set(sd) - used)
-  problems = [f'unknown key {k}' for k in unknown[:20]] + ([f'... {len(unknown) - 20} more'] if len(unknown) > 20 else [])
-  problems += check_shapes(params, expected)
+  sd = normalise(sd)
+  want = expected_shapes(cfg)
+  problems = [f'unknown key {k}' for k in sorted(set(sd) - set(want))]
+  problems += [f'missing key {k}' for k in sorted(set(want) - set(sd))]
+  for k in sorted(set(sd) & set(want)):
+    got = tuple(np.shape(sd[k]))
+    if got != want[k] and not (np.size(sd[k]) == 1 and want[k] == ()):  # logit_scale saved as (1,)
+      problems.append(f'{k}: shape {got}, expected {want[k]}')
   if problems:
-    raise UserError('cannot convert: ' + '; '.join(problems))
+    shown = problems[:24] + ([f'... {len(problems) - 24} more'] if len(problems) > 24 else [])
+    raise UserError(f'cannot convert to a {cfg.variant} model with {cfg.image.depth} image / '
+                    f'{cfg.text.depth if cfg.text else 0} text blocks: ' + '; '.join(shown))
+  params = {'image_tower': {
+      'conv1': sd['visual.conv1.weight'].transpose(2, 3, 1, 0),
+      'class_embedding': sd['visual.class_embedding'], 'positional_embedding': sd['visual.positional_embedding'],
+      'ln_pre': _ln(sd, 'visual.ln_pre'), 'ln_post': _ln(sd, 'visual.ln_post'), 'proj': sd['visual.proj'],
+      'transformer': _blocks_in(sd, 'visual.transformer', cfg.image)}}
+  if cfg.text is not None:
+    params['text_tower'] = {
+        'token_embedding': sd['token_embedding.weight'], 'positional_embedding': sd['positional_embedding'],
+        'ln_final': _ln(sd, 'ln_final'), 'text_projection': sd['text_projection'],
+        'transformer': _blocks_in(sd, 'transformer', cfg.text)}
+  if cfg.variant != 'clip':
+    params['token_classifier'] = {
+        'norm': _ln(sd, HEAD + 'ln_mlp'),
+        'head': {'kernel': _linear(sd[HEAD + 'text_projection.weight']), 'bias': sd[HEAD + 'text_projection.bias']}}
+  for name in ('logit_scale', 'logit_bias'):
+    if name in sd:
+      params[name] = np.asarray(sd[name], np.float32).reshape(())
   return params
 
 
-def check_shapes(params: dict, expected: dict, path: str = '') -> list[str]:
-  """Lines naming parameters missing or of the wrong shape against ModelDef(cfg).shapes()."""
-  out = []
-  for k, v in expected.items():
-    name = f'{path}{k}'
-    if k not in params:
-      out.append(f'{name} missing')
-    elif isinstance(v, dict):
-      out += check_shapes(params[k], v, name + '.')
-    elif tuple(np.shape(params[k])) != tuple(v.shape):
-      out.append(f'{name}: shape {tuple(np.shape(params[k]))}, expected {tuple(v.shape)}')
-  return out
-
-
-def from_params(params: dict) -> tuple[dict, dict]:
-  """(OpenCLIP `CLIP` state dict, token classifier state dict or {}) from our params."""
+def from_params(params: dict, copy: bool = True) -> tuple[dict, dict]:
+  """(OpenCLIP `CLIP` state dict, token classifier state dict or {}) from our params (copy=False: views)."""
   im = params['image_tower']
   sd = {'visual.conv1.weight': im['conv1'].transpose(3, 2, 0, 1), 'visual.class_embedding': im['class_embedding'],
         'visual.positional_embedding': im['positional_embedding'], 'visual.proj': im['proj'],
         'visual.ln_pre.weight': im['ln_pre']['scale'], 'visual.ln_pre.bias': im['ln_pre']['bias'],
         'visual.ln_post.weight': im['ln_post']['scale'], 'visual.ln_post.bias': im['ln_post']['bias']}
-  sd.update(_blocks_out(im['transformer'], 'visual.transformer'))
+  sd.update(_blocks_out(im['transformer'], 'visual.transformer', copy))
   if 'text_tower' in params:
     tx = params['text_tower']
     sd.update({'token_embedding.weight': tx['token_embedding'], 'positional_embedding': tx['positional_embedding'],
                'text_projection': tx['text_projection'], 'ln_final.weight': tx['ln_final']['scale'],
                'ln_final.bias': tx['ln_final']['bias']})
-    sd.update(_blocks_out(tx['transformer'], 'transformer'))
+    sd.update(_blocks_out(tx['transformer'], 'transformer', copy))
   for name in ('logit_scale', 'logit_bias'):
     if name in params:
-      sd[name] = np.asarray(params[name], np.float32).reshape(())
+      sd[name] = np.reshape(params[name], ())
   head = {}
   if 'token_classifier' in params:
     tc = params['token_classifier']
     head = {HEAD + 'ln_mlp.weight': tc['norm']['scale'], HEAD + 'ln_mlp.bias': tc['norm']['bias'],
-            HEAD + 'text_projection.weight': _linear(tc['head']['kernel']),
+            HEAD + 'text_projection.weight': np.asarray(tc['head']['kernel']).T,
             HEAD + 'text_projection.bias': tc['head']['bias']}
+  if not copy:
+    return sd, head
   as_np = lambda d: {k: np.array(v, np.float32, order='C') for k, v in d.items()}  # keeps 0-d
   return as_np(sd), as_np(head)
 

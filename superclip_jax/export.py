@@ -141,15 +141,8 @@ class LoadedModel:
     Shorter side to S with PIL bicubic (antialiased), centre crop, then this model's mean/std:
     OpenCLIP's `image_transform(S, is_train=False)` to within one grey level.
     """
-    from PIL import Image
-
     from superclip_jax.data import transforms
-    if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
-      images = [images]
-    size = self.config.image_size
-    out = [transforms.resize_center_crop(np.asarray(im.convert('RGB')) if isinstance(im, Image.Image) else im, size)
-           for im in images]
-    return ((np.stack(out).astype(np.float32) / 255.0 - self.image_mean) / self.image_std).astype(np.float32)
+    return transforms.clip_preprocess(images, self.config.image_size, self.image_mean, self.image_std)
 
   def encode_text(self, texts: str | Sequence[str] | np.ndarray) -> np.ndarray:
     """Texts (tokenized here) or int token ids (N, L) -> L2-normalised embeddings."""

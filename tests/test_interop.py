@@ -174,3 +174,61 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
     from superclip_jax.interop import openclip
     openclip.infer_config({'visual.conv1.weight': np.zeros((100, 3, 8, 8)), 'visual.positional_embedding':
                            np.zeros((17, 100)), 'visual.proj': np.zeros((100, 8))}, quick_gelu=False)
+
+
+def _photo(seed, size):
+  """A photo-like picture: corpus.picture's gradients and block, plus texture noise, through JPEG."""
+  import io as _io
+
+  from PIL import Image
+  base = corpus.picture(seed, size).astype(np.float32)
+  noise = np.random.default_rng(seed).normal(0, 12, base.shape)
+  img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+  return Image.open(_io.BytesIO(corpus.encode(img, 'JPEG', quality=90))).convert('RGB')
+
+
+@pytest.mark.parametrize('size', [224, 32])
+def test_preprocess_matches_open_clip_eval_transform(size, hf_model):
+  from superclip_jax.data import transforms
+  reference = open_clip.transform.image_transform(size, is_train=False)
+  mean, std = np.asarray(export.CLIP_MEAN, np.float32), np.asarray(export.CLIP_STD, np.float32)
+  worst = 0.0
+  # Landscape, portrait, odd sizes (rounding of the long side and crop offset), square, upscaling.
+  for i, wh in enumerate([(640, 480), (480, 640), (333, 517), (517, 333), (224, 224), (100, 150), (1021, 300)]):
+    photo = _photo(i, wh)
+    want = reference(photo).numpy().transpose(1, 2, 0)
+    got = transforms.clip_preprocess(photo, size, mean, std)[0]
+    worst = max(worst, float(np.max(np.abs(got - want) * std)))  # in units of pixel value / 255
+  MAX_DIFFS[f'preprocess {size}px (x/255 units)'] = worst
+  print(f'max abs diff preprocess {size}px: {worst:.3g} (1/255 = {1 / 255:.3g})')
+  assert worst <= 1 / 255 + 1e-6
+  if size == 32:  # the loaded model's own preprocess, for PIL images and arrays alike
+    model = export.load(hf_model[2])
+    photo = _photo(0, (640, 480))
+    np.testing.assert_array_equal(model.preprocess([photo, np.asarray(photo)]),
+                                  np.concatenate([transforms.clip_preprocess(photo, 32, mean, std)] * 2))
+
+
+def _tiny_image_folder(root, classes=('cat', 'dog'), per_class=4):
+  from PIL import Image
+  for label, name in enumerate(classes):
+    os.makedirs(root / name, exist_ok=True)
+    for i in range(per_class):
+      Image.fromarray(corpus.picture(10 * label + i, (48, 40))).save(root / name / f'{i}.jpg')
+
+
+def test_converted_model_evaluates(hf_model, tmp_path):
+  from superclip_jax import config_defaults, evaluate
+  from superclip_jax.data import build
+  from superclip_jax.evals.registry import evaluator
+  _tiny_image_folder(tmp_path / 'images')
+  shards = str(tmp_path / 'shards')
+  build.build(f"folder:{tmp_path / 'images'}", shards, template='a photo of a {}.', progress=False)
+  config = config_defaults.default_config()
+  config.evals.zeroshot = evaluator(kind='zeroshot', shards=shards, class_names='manifest',
+                                    templates=('a photo of a {}.',), batch_size=8)
+  config.evals.retrieval = evaluator(kind='retrieval', shards=shards, batch_size=8, match='label')
+  result = evaluate.evaluate(config, model_dir=hf_model[2])
+  assert result['model'] == hf_model[2]
+  for key in ('zeroshot/zeroshot/top1', 'retrieval/retrieval/image_to_text_r1'):
+    assert 0.0 <= result[key] <= 1.0, result

@@ -88,3 +88,17 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
   top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return np.ascontiguousarray(resized[top:top + size, left:left + size])
+
+
+def clip_preprocess(images, size: int, mean, std) -> np.ndarray:
+  """PIL images or uint8 (H, W, 3) arrays, one or a list -> (N, size, size, 3) float32 normalised.
+
+  CLIP's evaluation transform: shorter side to size (PIL bicubic), centre crop, (x / 255 - mean) / std.
+  """
+  from PIL import Image
+  if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
+    images = [images]
+  crops = [resize_center_crop(np.asarray(im.convert('RGB')) if isinstance(im, Image.Image) else np.asarray(im), size)
+           for im in images]
+  x = np.stack(crops).astype(np.float32) / 255.0
+  return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

@@ -232,3 +232,67 @@ def test_converted_model_evaluates(hf_model, tmp_path):
   assert result['model'] == hf_model[2]
   for key in ('zeroshot/zeroshot/top1', 'retrieval/retrieval/image_to_text_r1'):
     assert 0.0 <= result[key] <= 1.0, result
+
+
+def _small_superclip(tmp_path):
+  """A SuperCLIP-layout checkpoint sized as test_sharded_step.small_config(), converted; (export dir, config)."""
+  from test_sharded_step import small_config
+  model = interop_torch.open_clip_model(open_clip, False, vocab=64, width=64, head_width=32, text_heads=2, image=16,
+                                        ctx=16, embed=32, seed=7)
+  sd, _ = interop_torch.superclip_state_dict(model, 64, seed=8)
+  src = str(tmp_path / 'small.safetensors')
+  tensors.write_safetensors(src, {k: v.numpy() for k, v in sd.items()})
+  out = str(tmp_path / 'converted')
+  # Width 64 would mean one head by OpenAI's rule: this model has two.
+  convert.main(['--from', 'open_clip', '--src', src, '--out', out, '--image-heads', '2', '--text-heads', '2'])
+  config = small_config()
+  config.init_from = out
+  config.log_every_steps = 1
+  config.checkpoint.every_steps = 1000
+  return out, config
+
+
+def test_fine_tune_starts_from_the_converted_weights(tmp_path):
+  from types import SimpleNamespace
+
+  from superclip_jax import losses, train, train_state, train_step
+  from superclip_jax.data import synthetic
+  from superclip_jax.models.superclip import ModelConfig
+  out, config = _small_superclip(tmp_path)
+  config.total_steps = 20
+  rows = train.run(config, str(tmp_path / 'run'))
+  assert [r['step'] for r in rows if 'loss' in r][:2] == [1, 2]
+  # The expected first loss: the converted model's forward on the first batch, as the step computes it.
+  cfg = ModelConfig.from_config(config)
+  _, params = io.read_ours(out)
+  batch = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
+                                       pad_id=0, seed=config.seed).batch(0, config.data.global_batch_size)
+  state = SimpleNamespace(idf_counts=train_state.initial_idf_counts(config, cfg.variant))
+  targets, _ = train_step._token_targets(config, cfg, state, batch)
+  outputs = ModelDef(cfg).bind(jax.tree.map(np.asarray, params))(batch['images'], batch['text'])
+  parts = losses.compute_terms(outputs, targets, losses.active_terms(cfg), losses.LossOptions())
+  expected = float(losses.total_loss(parts, losses.term_weights(config, cfg)))
+  MAX_DIFFS['fine-tune first loss'] = abs(rows[0]['loss'] - expected)
+  print(f"first logged loss {rows[0]['loss']:.6f}, converted model's {expected:.6f}")
+  assert rows[0]['loss'] == pytest.approx(expected, rel=1e-5)
+  assert rows[0]['cls_loss'] == pytest.approx(float(parts['cls_loss']), rel=1e-5)
+  assert rows[-1]['loss'] < rows[0]['loss']
+
+
+def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
+  from superclip_jax import checkpoint, train
+  out, config = _small_superclip(tmp_path)
+  config.total_steps = 2
+  config.init_image_tower_only = True
+  config.optim.frozen = 'image_tower/.*'
+  train.run(config, str(tmp_path / 'lit'))
+  final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'lit'))
+  trained = checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params']
+  _, source = io.read_ours(out)
+  jax.tree.map(np.testing.assert_array_equal, trained['image_tower'], source['image_tower'])
+  assert not np.array_equal(trained['text_tower']['token_embedding'], source['text_tower']['token_embedding'])
+  _, bad = _small_superclip(tmp_path / 'bad')
+  bad.model.context_length = 8
+  with pytest.raises(UserError, match=r'context_length 16; this config has model.context_length=8: set '
+                                      r'--config.model.context_length=16'):
+    train.run(bad, str(tmp_path / 'bad_run'))

@@ -97,11 +97,29 @@ def test_hf_clip_converts_with_equal_outputs_and_back_exactly(hf_model, tmp_path
   _record('ours -> CLIPVisionModel tokens (post-LN)', hf_tokens, tokens)
 
 
+def test_hf_gelu_with_legacy_eos_token_id(tmp_path):
+  # Older HF CLIP configs say eos_token_id=2: HF then pools at argmax(ids), the largest id, as OpenAI does.
+  model = interop_torch.hf_clip(vocab=1000, act='gelu', seed=3)
+  model.config.text_config.eos_token_id = 2
+  model.text_model.eos_token_id = 2
+  model.save_pretrained(tmp_path / 'src')
+  assert json.load(open(tmp_path / 'src' / 'config.json'))['text_config']['eos_token_id'] == 2
+  convert.main(['--from', 'hf', '--src', str(tmp_path / 'src'), '--out', str(tmp_path / 'out')])
+  loaded = export.load(str(tmp_path / 'out'))
+  assert not loaded.config.quick_gelu and loaded.config.eot_id == 999 and loaded.tokenizer is None
+  images, ids = _images(3, 32, seed=6), interop_torch.text_ids(3, 16, 1000, seed=7)
+  ids[0, -1] = 5  # a token after EOT changes nothing
+  _compare('hf gelu legacy eos -> ours', loaded, interop_torch.hf_outputs(model, images, ids), images, ids)
+
+
 @pytest.mark.parametrize('quick_gelu', [True, False])
 def test_open_clip_converts_with_equal_outputs_and_back_exactly(tmp_path, quick_gelu):
   model = interop_torch.open_clip_model(open_clip, quick_gelu)
   src = str(tmp_path / 'openclip.bin')
-  torch.save(model.state_dict(), src)
+  sd = dict(model.state_dict())
+  if quick_gelu:  # OpenAI's state dicts also carry these three sizes as tensors
+    sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(16), vocab_size=torch.tensor(49408))
+  torch.save(sd, src)
   out = str(tmp_path / 'converted')
   # OpenAI's weights are QuickGELU; an OpenCLIP checkpoint says nothing, GELU by default.
   convert.main(['--from', 'openai' if quick_gelu else 'open_clip', '--src', src, '--out', out])
@@ -169,6 +187,10 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
   torch.save(sd, src)
   with pytest.raises(UserError, match='unknown key visual.extra.weight'):
     io.read_foreign('open_clip', src)
+  # OpenAI's released .pt files are TorchScript: refused (loading runs code), with what to do instead.
+  torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / 'jit.pt'))
+  with pytest.raises(UserError, match='TorchScript archive'):
+    io.read_foreign('openai', str(tmp_path / 'jit.pt'))
   # Width 100 is no multiple of 64: the heads must be given.
   with pytest.raises(UserError, match='--image-heads'):
     from superclip_jax.interop import openclip
@@ -277,6 +299,14 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   assert rows[0]['loss'] == pytest.approx(expected, rel=1e-5)
   assert rows[0]['cls_loss'] == pytest.approx(float(parts['cls_loss']), rel=1e-5)
   assert rows[-1]['loss'] < rows[0]['loss']
+  # A training workdir converts out directly, its trained token classifier included.
+  from superclip_jax import checkpoint
+  from superclip_jax.interop import openclip
+  convert.main(['--to', 'open_clip', '--src', str(tmp_path / 'run'), '--out', str(tmp_path / 'oc'), '--format', 'bin'])
+  final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'run'))
+  want_sd, want_head = openclip.from_params(checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params'])
+  _assert_same_tensors(tensors.read_file(str(tmp_path / 'oc' / 'open_clip_pytorch_model.bin')), want_sd)
+  _assert_same_tensors(tensors.read_file(str(tmp_path / 'oc' / io.HEAD_FILE)), want_head)
 
 
 def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):

@@ -48,6 +48,11 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # a pickle with code in it, or not a checkpoint at all
+    if 'TorchScript' in str(e):
+      raise UserError(f'{path} is a TorchScript archive (as OpenAI released CLIP), which loading would run: '
+                      'save its state dict once where you trust it, torch.save(torch.jit.load(PATH, '
+                      "map_location='cpu').state_dict(), 'model.bin'), or convert the same weights from the HF "
+                      'hub (--from hf) or OpenCLIP (.safetensors)') from None
     raise UserError(f'{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})') from None
   # OpenCLIP training checkpoints wrap the weights: {'epoch', 'state_dict': {'module.x': ...}}.
   for key in ('state_dict', 'model', 'module'):

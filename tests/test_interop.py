@@ -326,3 +326,7 @@ def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
   with pytest.raises(UserError, match=r'context_length 16; this config has model.context_length=8: set '
                                       r'--config.model.context_length=16'):
     train.run(bad, str(tmp_path / 'bad_run'))
+  bad.model.context_length = 16
+  bad.model.quick_gelu = True  # no shape shows it: the export's model_config.json does
+  with pytest.raises(UserError, match=r'quick_gelu=False; this config has model.quick_gelu=True'):
+    train.run(bad, str(tmp_path / 'bad_run'))

@@ -36,13 +36,13 @@ def main(argv=None):
   parser.add_argument('--format', choices=('safetensors', 'bin'), default='safetensors', help='--to open_clip')
   args = parser.parse_args(argv)
   with cli.user_errors('superclip_jax.convert'):
-    from superclip_jax.interop import io
+    from superclip_jax.interop import conversions
     if args.source_kind:
       quick = None if args.quick_gelu is None else args.quick_gelu == 'true'
-      print(io.convert_in(args.source_kind, args.src, args.out, args.tokenizer, quick_gelu=quick,
+      print(conversions.convert_in(args.source_kind, args.src, args.out, args.tokenizer, quick_gelu=quick,
                           image_heads=args.image_heads, text_heads=args.text_heads))
     else:
-      print(io.convert_out(args.target_kind, args.src, args.out, args.format))
+      print(conversions.convert_out(args.target_kind, args.src, args.out, args.format))
 
 
 if __name__ == '__main__':

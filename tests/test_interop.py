@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import corpus  # noqa: E402
 from superclip_jax import convert, export  # noqa: E402
 from superclip_jax.errors import UserError  # noqa: E402
-from superclip_jax.interop import io, tensors  # noqa: E402
+from superclip_jax.interop import conversions, tensors  # noqa: E402
 from superclip_jax.models.superclip import ModelDef  # noqa: E402
 
 ATOL = 1e-4
@@ -146,7 +146,7 @@ def test_superclip_layout_with_head(tmp_path):
   torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in sd.items()}}, src)  # a training checkpoint
   out = str(tmp_path / 'converted')
   convert.main(['--from', 'open_clip', '--src', src, '--out', out])
-  cfg, params = io.read_ours(out)
+  cfg, params = conversions.read_ours(out)
   assert cfg.variant == 'superclip' and 'token_classifier' in params
   images, ids = _images(3, 32, seed=4), interop_torch.text_ids(3, 16, vocab, seed=5)
   ref = interop_torch.open_clip_outputs(model, images, ids, head)
@@ -156,11 +156,11 @@ def test_superclip_layout_with_head(tmp_path):
   for to in ('open_clip', 'hf'):
     back = str(tmp_path / to)
     convert.main(['--to', to, '--src', out, '--out', back])
-    _assert_same_tensors(tensors.read_file(os.path.join(back, io.HEAD_FILE)), head)
+    _assert_same_tensors(tensors.read_file(os.path.join(back, conversions.HEAD_FILE)), head)
   # The token classifier round-trips through an HF directory too.
   again = str(tmp_path / 'again')
   convert.main(['--from', 'hf', '--src', str(tmp_path / 'hf'), '--out', again])
-  _, params_again = io.read_ours(again)
+  _, params_again = conversions.read_ours(again)
   jax.tree.map(np.testing.assert_array_equal, params_again, params)
 
 
@@ -173,7 +173,7 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
   src = str(tmp_path / 'bad.bin')
   torch.save(sd, src)
   with pytest.raises(UserError, match='visual.ln_post.bias'):
-    io.read_foreign('open_clip', src)
+    conversions.read_foreign('open_clip', src)
   del sd['visual.extra.weight']
   sd['visual.ln_post.bias'] = torch.zeros(128)
   torch.save(sd, src)
@@ -186,11 +186,11 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
   sd['visual.extra.weight'] = torch.zeros(3)
   torch.save(sd, src)
   with pytest.raises(UserError, match='unknown key visual.extra.weight'):
-    io.read_foreign('open_clip', src)
+    conversions.read_foreign('open_clip', src)
   # OpenAI's released .pt files are TorchScript: refused (loading runs code), with what to do instead.
   torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / 'jit.pt'))
   with pytest.raises(UserError, match='TorchScript archive'):
-    io.read_foreign('openai', str(tmp_path / 'jit.pt'))
+    conversions.read_foreign('openai', str(tmp_path / 'jit.pt'))
   # Width 100 is no multiple of 64: the heads must be given.
   with pytest.raises(UserError, match='--image-heads'):
     from superclip_jax.interop import openclip
@@ -200,13 +200,13 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
 
 def _photo(seed, size):
   """A photo-like picture: corpus.picture's gradients and block, plus texture noise, through JPEG."""
-  import io as _io
+  import io
 
   from PIL import Image
   base = corpus.picture(seed, size).astype(np.float32)
   noise = np.random.default_rng(seed).normal(0, 12, base.shape)
   img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
-  return Image.open(_io.BytesIO(corpus.encode(img, 'JPEG', quality=90))).convert('RGB')
+  return Image.open(io.BytesIO(corpus.encode(img, 'JPEG', quality=90))).convert('RGB')
 
 
 @pytest.mark.parametrize('size', [224, 32])
@@ -286,7 +286,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   assert [r['step'] for r in rows if 'loss' in r][:2] == [1, 2]
   # The expected first loss: the converted model's forward on the first batch, as the step computes it.
   cfg = ModelConfig.from_config(config)
-  _, params = io.read_ours(out)
+  _, params = conversions.read_ours(out)
   batch = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
                                        pad_id=0, seed=config.seed).batch(0, config.data.global_batch_size)
   state = SimpleNamespace(idf_counts=train_state.initial_idf_counts(config, cfg.variant))
@@ -306,7 +306,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'run'))
   want_sd, want_head = openclip.from_params(checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params'])
   _assert_same_tensors(tensors.read_file(str(tmp_path / 'oc' / 'open_clip_pytorch_model.bin')), want_sd)
-  _assert_same_tensors(tensors.read_file(str(tmp_path / 'oc' / io.HEAD_FILE)), want_head)
+  _assert_same_tensors(tensors.read_file(str(tmp_path / 'oc' / conversions.HEAD_FILE)), want_head)
 
 
 def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
@@ -318,7 +318,7 @@ def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
   train.run(config, str(tmp_path / 'lit'))
   final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'lit'))
   trained = checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params']
-  _, source = io.read_ours(out)
+  _, source = conversions.read_ours(out)
   jax.tree.map(np.testing.assert_array_equal, trained['image_tower'], source['image_tower'])
   assert not np.array_equal(trained['text_tower']['token_embedding'], source['text_tower']['token_embedding'])
   _, bad = _small_superclip(tmp_path / 'bad')

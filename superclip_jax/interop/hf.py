@@ -83,7 +83,7 @@ def to_openclip(sd: dict, config: dict) -> tuple[dict, dict]:
   if unknown:
     raise UserError('cannot convert: unknown key ' + '; unknown key '.join(sorted(unknown)[:20]))
   tc, vc = config.get('text_config', {}), config.get('vision_config', {})
-  eos = tc.get('eos_token_id', _LEGACY_EOS)
+  eos = tc.get('eos_token_id', 49407)  # transformers writes only non-default values; its default is CLIP's EOT
   vocab = out['token_embedding.weight'].shape[0] if 'token_embedding.weight' in out else 49408
   hints = {'quick_gelu': _activation(config), 'image_heads': vc.get('num_attention_heads', 12),
            'text_heads': tc.get('num_attention_heads', 8), 'eot_id': vocab - 1 if eos == _LEGACY_EOS else eos}

@@ -26,11 +26,9 @@ def _to_numpy(t) -> np.ndarray:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  try:
-    import torch  # noqa: F401  (framework 'pt' reads bfloat16, which numpy cannot hold)
-    framework = 'pt'
-  except ImportError:
-    framework = 'numpy'
+  import importlib.util
+  # Framework 'pt' reads bfloat16, which numpy cannot hold; without torch, numpy reads the rest.
+  framework = 'pt' if importlib.util.find_spec('torch') else 'numpy'
   from safetensors import safe_open
   out = {}
   with safe_open(path, framework=framework) as f:

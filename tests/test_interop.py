@@ -102,7 +102,8 @@ def test_hf_gelu_with_legacy_eos_token_id(tmp_path):
   model = interop_torch.hf_clip(vocab=1000, act='gelu', seed=3)
   model.config.text_config.eos_token_id = 2
   model.text_model.eos_token_id = 2
-  model.save_pretrained(tmp_path / 'src')
+  model.save_pretrained(tmp_path / 'src', max_shard_size='300KB')  # sharded: read through the index
+  assert os.path.exists(tmp_path / 'src' / 'model.safetensors.index.json')
   assert json.load(open(tmp_path / 'src' / 'config.json'))['text_config']['eos_token_id'] == 2
   convert.main(['--from', 'hf', '--src', str(tmp_path / 'src'), '--out', str(tmp_path / 'out')])
   loaded = export.load(str(tmp_path / 'out'))
@@ -162,6 +163,15 @@ def test_superclip_layout_with_head(tmp_path):
   convert.main(['--from', 'hf', '--src', str(tmp_path / 'hf'), '--out', again])
   _, params_again = conversions.read_ours(again)
   jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+  from safetensors.torch import save_file
+  x = torch.randn(3, 5).to(torch.bfloat16)
+  save_file({'w': x, 'n': torch.arange(4)}, str(tmp_path / 'bf16.safetensors'))
+  got = tensors.read_file(str(tmp_path / 'bf16.safetensors'))
+  assert got['w'].dtype == np.float32 and got['n'].dtype == np.int64
+  np.testing.assert_array_equal(got['w'], x.float().numpy())
 
 
 def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):

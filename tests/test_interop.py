@@ -201,9 +201,11 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
   torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / 'jit.pt'))
   with pytest.raises(UserError, match='TorchScript archive'):
     conversions.read_foreign('openai', str(tmp_path / 'jit.pt'))
+  # MLP widths whose ratio does not survive float rounding (480 / 352 * 352 < 480) still fit.
+  from superclip_jax.interop import openclip
+  assert int(352 * openclip._mlp_ratio(np.zeros((480, 1)), 352)) == 480
   # Width 100 is no multiple of 64: the heads must be given.
   with pytest.raises(UserError, match='--image-heads'):
-    from superclip_jax.interop import openclip
     openclip.infer_config({'visual.conv1.weight': np.zeros((100, 3, 8, 8)), 'visual.positional_embedding':
                            np.zeros((17, 100)), 'visual.proj': np.zeros((100, 8))}, quick_gelu=False)
 

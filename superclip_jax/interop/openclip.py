@@ -56,6 +56,17 @@ def _heads(width: int, given: int, what: str) -> int:
   return width // 64
 
 
+def _mlp_ratio(fc, width: int) -> float:
+  """A ratio r with int(width * r) == the MLP's hidden size, as layers.Transformer computes it."""
+  if fc is None:
+    return 4.0
+  hidden = int(fc.shape[0])
+  r = hidden / width
+  while int(width * r) < hidden:  # 480 / 352 * 352 == 479.99999999999994
+    r = float(np.nextafter(r, np.inf))
+  return r
+
+
 def text_prefix(sd: dict) -> str:
   """'' for CLIP's layout, 'text.' for CustomTextCLIP / SuperCLIP's."""
   return 'text.' if 'text.token_embedding.weight' in sd else ''
@@ -72,7 +83,7 @@ def infer_config(sd: dict, *, quick_gelu: bool, image_heads: int = 0, text_heads
   fc = sd.get('visual.transformer.resblocks.0.mlp.c_fc.weight')
   image = presets.TowerSize(width=int(width), depth=_depth(sd, 'visual.transformer'),
                             heads=_heads(int(width), image_heads, 'image'),
-                            mlp_ratio=(fc.shape[0] / width) if fc is not None else 4.0, patch_size=int(patch))
+                            mlp_ratio=_mlp_ratio(fc, int(width)), patch_size=int(patch))
   t = text_prefix(sd)
   text, vocab, ctx = None, 49408, 77
   if t + 'token_embedding.weight' in sd:
@@ -81,7 +92,7 @@ def infer_config(sd: dict, *, quick_gelu: bool, image_heads: int = 0, text_heads
     tfc = sd.get(t + 'transformer.resblocks.0.mlp.c_fc.weight')
     text = presets.TowerSize(width=int(tw), depth=_depth(sd, t + 'transformer'),
                              heads=_heads(int(tw), text_heads, 'text'),
-                             mlp_ratio=(tfc.shape[0] / tw) if tfc is not None else 4.0)
+                             mlp_ratio=_mlp_ratio(tfc, int(tw)))
   head = HEAD + 'text_projection.weight' in sd
   variant = 'superclip' if head and text else 'superclass' if head else 'clip'
   if head:

@@ -86,6 +86,10 @@ def test_hf_clip_converts_with_equal_outputs_and_back_exactly(hf_model, tmp_path
   assert not info['missing_keys'] and not info['unexpected_keys'], info
   reloaded.eval()
   _record('ours -> hf CLIPModel logits', interop_torch.hf_outputs(reloaded, images, ids)['logits'], ref['logits'])
+  # With CLIP's vocabulary the directory carries CLIP's BPE for transformers' CLIPTokenizer: same ids as ours.
+  hf_tok = transformers.CLIPTokenizer.from_pretrained(back)
+  for text in ('a photo of a cat', "Hello, WORLD!! it's 3.14, naïve café", '  spaces\tand\nnewlines '):
+    assert hf_tok(text)['input_ids'] == loaded.tokenizer.with_specials(loaded.tokenizer.encode(text), 1000)
   vision, info = transformers.CLIPVisionModel.from_pretrained(back, output_loading_info=True)
   assert not info['missing_keys'], info
   vision.eval()

@@ -102,6 +102,26 @@ def _preprocessor_config(cfg: ModelConfig) -> dict:
           'image_std': [0.26862954, 0.26130258, 0.27577711], 'do_convert_rgb': True}
 
 
+def write_hf_tokenizer(out: str, context_length: int) -> None:
+  """vocab.json + merges.txt + tokenizer_config.json of OpenAI's CLIP BPE, as CLIPTokenizer reads them."""
+  import gzip
+
+  from superclip_jax.data import tokenizer as tokenizer_lib
+  lines = gzip.open(tokenizer_lib.find_clip_merges()).read().decode('utf-8').split('\n')
+  merges = lines[1:49152 - 256 - 2 + 1]  # the merges OpenAI's SimpleTokenizer uses (tokenizer.clip_tokenizer)
+  symbols = list(tokenizer_lib._bytes_to_unicode().values())
+  vocab = symbols + [s + '</w>' for s in symbols] + [''.join(m.split()) for m in merges]
+  vocab += ['<|startoftext|>', '<|endoftext|>']  # ids 49406, 49407 under HF's names
+  with open(os.path.join(out, 'vocab.json'), 'w', encoding='utf-8') as f:
+    json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+  with open(os.path.join(out, 'merges.txt'), 'w', encoding='utf-8') as f:
+    f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
+  with open(os.path.join(out, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'tokenizer_class': 'CLIPTokenizer', 'model_max_length': context_length,
+               'bos_token': '<|startoftext|>', 'eos_token': '<|endoftext|>', 'unk_token': '<|endoftext|>',
+               'pad_token': '<|endoftext|>', 'do_lower_case': True}, f, indent=1)
+
+
 def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
   """Write an HF CLIPModel directory ('hf') or OpenCLIP weights + config ('open_clip'); returns out."""
   cfg, params = read_ours(src)
@@ -117,6 +137,8 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
     with open(os.path.join(out, 'preprocessor_config.json'), 'w') as f:
       json.dump(_preprocessor_config(cfg), f, indent=1)
     tensors.write_safetensors(os.path.join(out, 'model.safetensors'), hf.from_openclip(sd), {'format': 'pt'})
+    if cfg.vocab_size == CLIP_VOCAB and cfg.eot_id == CLIP_VOCAB - 1:
+      write_hf_tokenizer(out, cfg.context_length)
   elif to == 'open_clip':
     with open(os.path.join(out, OPEN_CLIP_CONFIG), 'w') as f:
       json.dump({'model_cfg': openclip.open_clip_config(cfg),

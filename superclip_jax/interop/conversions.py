@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -131,6 +132,9 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
   if head:
     tensors.write_safetensors(os.path.join(out, HEAD_FILE), head, {'format': 'pt'})
   if to == 'hf':
+    if 'logit_bias' in sd:  # CLIPModel has no bias; the towers (what pipelines use) are unaffected
+      print('superclip_jax.convert: note: the SigLIP logit_bias has no place in a CLIPModel and is left out',
+            file=sys.stderr)
     scale = float(sd.get('logit_scale', np.log(1 / 0.07)))
     with open(os.path.join(out, 'config.json'), 'w') as f:
       json.dump(hf.hf_config(cfg, scale), f, indent=1)

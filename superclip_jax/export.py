@@ -5,7 +5,9 @@
 MODEL holds `params/` (Orbax; towers and temperature only: no optimizer, no token
 classifier, no IDF counts) and `model_config.json` (the ModelConfig, the tokenizer and
 the image preprocessing). `superclip_jax.load(MODEL)` returns encode_image / encode_text
-/ tokenizer.
+/ tokenizer / preprocess. `python -m superclip_jax.convert` writes the same format from
+PyTorch weights; a converted SuperCLIP keeps its token classifier in `params/` (for
+fine-tuning), which `load` sets aside as `LoadedModel.token_classifier`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 MODEL holds `params/` (Orbax; towers and temperature only: no optimizer, no token
 classifier, no IDF counts) and `model_config.json` (the ModelConfig, the tokenizer and
 the image preprocessing). `superclip_jax.load(MODEL)` returns encode_image / encode_text
-/ tokenizer.
+/ tokenizer / preprocess. `python -m superclip_jax.convert` writes the same format from
+PyTorch weights; a converted SuperCLIP keeps its token classifier in `params/` (for
+fine-tuning), which `load` sets aside as `LoadedModel.token_classifier`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 TRAINING_ONLY = ('token_classifier',)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _tokenizer_description(config: dict) -> dict[str, Any]:
@@ -58,6 +62,13 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     storage.makedirs(out)
     storage.Path(storage.join(out, 'tokenizer.json')).write_bytes(open(tokenizer['spec'], 'rb').read())
     tokenizer['spec'] = 'tokenizer.json'
+  return write_export(out, cfg, params, tokenizer, step)
+
+
+def write_export(out: str, cfg: ModelConfig, params: dict, tokenizer: dict[str, Any], step: int | None = None,
+                 image_mean=CLIP_MEAN, image_std=CLIP_STD, **extra) -> str:
+  """Write MODEL (params/ via Orbax + model_config.json) from a params dict; returns out."""
+  out = storage.absolute(out)
   params_dir = storage.Path(storage.join(out, 'params'))
   if params_dir.exists():
     params_dir.rmtree()
@@ -66,8 +77,7 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   ckptr.wait_until_finished()
   storage.write_text(storage.join(out, 'model_config.json'), json.dumps(
       {'model': cfg.to_dict(), 'tokenizer': tokenizer, 'step': step,
-       'image_mean': [0.48145466, 0.4578275, 0.40821073],
-       'image_std': [0.26862954, 0.26130258, 0.27577711]}, indent=1))
+       'image_mean': [float(x) for x in image_mean], 'image_std': [float(x) for x in image_std], **extra}, indent=1))
   return out
 
 
@@ -96,10 +106,17 @@ class LoadedModel:
     cfg['variant'] = 'clip' if cfg['variant'] == 'superclip' else cfg['variant']  # no head at inference
     self.config = ModelConfig.from_dict(cfg)
     self.model_def = ModelDef(self.config)
-    self.params = jax.tree.map(jnp.asarray, checkpoint.read_numpy_tree(storage.join(directory, 'params')))
+    params = checkpoint.read_numpy_tree(storage.join(directory, 'params'))
+    # A converted SuperCLIP keeps its token classifier (for fine-tuning); inference leaves it out.
+    self.token_classifier = params.pop('token_classifier', None)
+    self.params = jax.tree.map(jnp.asarray, params)
     self.step = meta.get('step')
+    self.image_mean = np.asarray(meta.get('image_mean', CLIP_MEAN), np.float32)
+    self.image_std = np.asarray(meta.get('image_std', CLIP_STD), np.float32)
     tok = meta['tokenizer']
-    if tok['kind'] == 'synthetic':
+    if tok['kind'] == 'none':
+      self.tokenizer = None
+    elif tok['kind'] == 'synthetic':
       self.tokenizer = _SyntheticTokenizer(tok)
     else:
       from superclip_jax.data import tokenizer as tokenizer_lib
@@ -120,9 +137,20 @@ class LoadedModel:
     """(N, H, W, 3) uint8 pixels or CLIP-normalised floats -> L2-normalised embeddings."""
     return np.asarray(self._image_fn(self.params, jnp.asarray(images)))
 
+  def preprocess(self, images) -> np.ndarray:
+    """PIL images or uint8 arrays (any size) -> (N, S, S, 3) float32, as CLIP's eval transform.
+
+    Shorter side to S with PIL bicubic (antialiased), centre crop, then this model's mean/std:
+    OpenCLIP's `image_transform(S, is_train=False)` to within one grey level.
+    """
+    from superclip_jax.data import transforms
+    return transforms.clip_preprocess(images, self.config.image_size, self.image_mean, self.image_std)
+
   def encode_text(self, texts: str | Sequence[str] | np.ndarray) -> np.ndarray:
     """Texts (tokenized here) or int token ids (N, L) -> L2-normalised embeddings."""
     if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str)):
+      if self.tokenizer is None:
+        raise UserError('this model has no tokenizer (its vocabulary is not CLIP\'s): pass token ids')
       texts = self.tokenizer(list(texts) if not isinstance(texts, str) else texts,
                              context_length=self.config.context_length)
     return np.asarray(self._text_fn(self.params, jnp.asarray(texts, jnp.int32)))

@@ -51,20 +51,25 @@ def _nest(flat: dict[str, Any]) -> dict:
 
 
 def restore_params(path: str, params_target: dict, image_tower_only: bool = False,
-                   step: int | None = None, ignore: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+                   step: int | None = None, ignore: tuple[str, ...] = (), model_cfg=None) -> tuple[dict, list[str]]:
   """Arrays of the source for this run's parameters, sharded as `params_target` says.
 
   params_target: ShapeDtypeStructs with shardings (the run's abstract parameters).
   ignore: name prefixes of source parameters to leave out ('token_classifier.').
+  model_cfg: this run's ModelConfig; an export's activation and EOT id must then agree with it.
   Returns ({dotted name: array} of the parameters taken, their names).
   """
   directory, prefix = locate(path, step)
+  wanted = checkpoint.flat_names(params_target)
+  if prefix == '':
+    _check_fits(path, wanted, image_tower_only, model_cfg)
   meta = ocp.StandardCheckpointer().metadata(directory)
   tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None) or meta.item_metadata
   saved = {name[len(prefix):]: leaf for name, leaf in checkpoint.flat_names(tree).items()
            if name.startswith(prefix)}
-  wanted = checkpoint.flat_names(params_target)
   problems, taken = [], []
+  if not any(n.startswith('token_classifier.') for n in wanted):
+    ignore = (*ignore, 'token_classifier.')  # a CLIP run from a SuperCLIP: the head is simply not used
   for name, leaf in sorted(saved.items()):
     if (image_tower_only and not name.startswith('image_tower.')) or name.startswith(tuple(ignore)):
       continue
@@ -86,6 +91,42 @@ def restore_params(path: str, params_target: dict, image_tower_only: bool = Fals
   flat = checkpoint.flat_names(restored)
   logging.info('init_from %s: %d of %d parameter arrays loaded', path, len(taken), len(wanted))
   return {n: flat[prefix + n] for n in taken}, taken
+
+
+def _check_fits(path: str, wanted: dict[str, Any], image_tower_only: bool, model_cfg) -> None:
+  """An export or converted model that differs from this run's config in what shapes cannot show
+  (activation, EOT id) or in vocabulary / context / image size: name the config keys to set."""
+  import json
+  model = json.loads(storage.read_text(storage.join(path, MODEL_CONFIG)))['model']
+  if model_cfg is not None:
+    # QuickGELU vs GELU changes no shape: fine-tuning OpenAI weights with GELU would silently start off.
+    checks = {'model.quick_gelu': (model['quick_gelu'], model_cfg.quick_gelu)}
+    if not image_tower_only and model_cfg.text is not None:
+      checks['tokenizer.eot_id'] = (model['eot_id'], model_cfg.eot_id)
+    wrong = {k: v for k, v in checks.items() if v[0] != v[1]}
+    if wrong:
+      raise UserError(f'init_from {path}: its model has ' + ', '.join(f'{k}={a}' for k, (a, _) in wrong.items())
+                      + '; this config has ' + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items()) + ': set '
+                      + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items()))
+  if image_tower_only:
+    return
+  here = {}
+  if 'text_tower.token_embedding' in wanted:
+    here['model.vocab_size'] = wanted['text_tower.token_embedding'].shape[0]
+    here['model.context_length'] = wanted['text_tower.positional_embedding'].shape[0]
+  elif 'token_classifier.head.kernel' in wanted:
+    here['model.vocab_size'] = wanted['token_classifier.head.kernel'].shape[-1]
+  there = {'model.vocab_size': model['vocab_size'], 'model.context_length': model['context_length']}
+  if 'image_tower.positional_embedding' in wanted and model['image']['patch_size'] == wanted['image_tower.conv1'].shape[0]:
+    here['model.image_size'] = round((wanted['image_tower.positional_embedding'].shape[0] - 1) ** 0.5) * model[
+        'image']['patch_size']
+    there['model.image_size'] = model['image_size']
+  wrong = {k: (there[k], v) for k, v in here.items() if there[k] != v}
+  if wrong:
+    raise UserError(f'init_from {path}: its model has ' + ', '.join(f'{k.split(".")[1]} {a}' for k, (a, _) in wrong.items())
+                    + '; this config has ' + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items()) + ': set '
+                    + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items())
+                    + ' (and a tokenizer with those ids), or init_image_tower_only=True')
 
 
 def merge(params: dict, loaded: dict[str, Any]) -> dict:

@@ -82,7 +82,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   else:
     state, _ = train_state.create_train_state(model_def, tx, idf_counts, mesh, rules)
     if config.init_from:
-      loaded, _ = init_from.restore_params(config.init_from, target.params, config.init_image_tower_only)
+      loaded, _ = init_from.restore_params(config.init_from, target.params, config.init_image_tower_only,
+                                           model_cfg=model_def.cfg)
       state = state.replace(params=init_from.merge(state.params, loaded))
   start_step = int(jax.device_get(state.step))
   if start_step:

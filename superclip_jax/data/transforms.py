@@ -1,8 +1,9 @@
 """Image decoding and the CLIP train / eval crops, in uint8 on the host.
 
 Decoding uses simplejpeg (libjpeg-turbo; measured about 4x faster than PIL here) with
-DCT-domain downscaling when the source is much larger than needed; crops are resized
-with OpenCV's bicubic. Normalisation happens on the device, inside the jitted step.
+DCT-domain downscaling when the source is much larger than needed. Training crops are
+resized with OpenCV's bicubic (fast); the evaluation centre crop uses PIL's antialiased
+bicubic, as OpenAI / OpenCLIP preprocess. Normalisation happens on the device, inside the jitted step.
 """
 
 from __future__ import annotations
@@ -67,10 +68,37 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Evaluation: shorter side to `size` (bicubic), then the central size x size crop."""
+  """Evaluation: shorter side to `size` with PIL bicubic (antialiased), then the central size x size crop.
+
+  This is torchvision's Resize(size) + CenterCrop(size) on a PIL image, i.e. OpenAI's and
+  OpenCLIP's eval transform, pixel for pixel: the long side is truncated as torchvision
+  does and the crop offset rounded as its CenterCrop does. PIL widens its bicubic kernel
+  when shrinking (antialiasing); OpenCV's INTER_CUBIC does not, which shifts embeddings
+  of downscaled photos. The training crop (random_resized_crop) stays on OpenCV for speed:
+  its scale is random anyway and it only ever sees this project's own training.
+  """
+  from PIL import Image
   height, width = image.shape[:2]
-  scale = size / min(height, width)
-  h, w = max(size, round(height * scale)), max(size, round(width * scale))
-  resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC) if (h, w) != (height, width) else image
-  top, left = (h - size) // 2, (w - size) // 2
+  if width <= height:
+    w, h = size, int(size * height / width)
+  else:
+    w, h = int(size * width / height), size
+  resized = image
+  if (h, w) != (height, width):
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+  top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return np.ascontiguousarray(resized[top:top + size, left:left + size])
+
+
+def clip_preprocess(images, size: int, mean, std) -> np.ndarray:
+  """PIL images or uint8 (H, W, 3) arrays, one or a list -> (N, size, size, 3) float32 normalised.
+
+  CLIP's evaluation transform: shorter side to size (PIL bicubic), centre crop, (x / 255 - mean) / std.
+  """
+  from PIL import Image
+  if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
+    images = [images]
+  crops = [resize_center_crop(np.asarray(im.convert('RGB')) if isinstance(im, Image.Image) else np.asarray(im), size)
+           for im in images]
+  x = np.stack(crops).astype(np.float32) / 255.0
+  return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

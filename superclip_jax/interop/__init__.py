@@ -1,0 +1,1 @@
+"""Weights in and out: OpenAI / OpenCLIP / SuperCLIP PyTorch checkpoints and HF CLIPModel directories."""

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from superclip_jax.data import images, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.data import benchmark_sources, images, records, sources, tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
@@ -129,8 +129,9 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
       raise UserError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
     return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
             for i, p in enumerate(paths)], []
-  if kind == 'folder':
-    items, classes = sources.list_folder(rest, template)
+  if kind == 'folder' or kind in benchmark_sources.LISTERS:
+    lister = sources.list_folder if kind == 'folder' else benchmark_sources.LISTERS[kind]
+    items, classes = lister(rest, template)
     chunks = [items[i:i + records_per_shard] for i in range(0, len(items), records_per_shard)]
     return [{'kind': 'list', 'items': chunk, 'name': _shard_name(i), 'source': rest}
             for i, chunk in enumerate(chunks)], classes
@@ -149,7 +150,9 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'split': split, 'start': start,
              'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
             for i, start in enumerate(range(0, total, records_per_shard))], classes
-  raise UserError(f"--source {source!r}: expected 'webdataset:PATTERN', 'folder:DIR' or 'tfds:NAME[:SPLIT]'")
+  raise UserError(f"--source {source!r}: expected one of 'webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', "
+                  "'imagenet:DIR', 'imagenet_v2:DIR', 'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]', "
+                  "'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]'")
 
 
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
@@ -157,9 +160,28 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
           progress: bool = True) -> dict[str, Any]:
   """Build (or finish building) the shards of `source` in out_dir; returns the manifest."""
-  os.makedirs(out_dir, exist_ok=True)
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
+  # Plan first: a bad --source is reported before anything is written.
   tasks, classes = plan_tasks(source, records_per_shard, template, data_dir)
+  created = not os.path.exists(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  try:
+    return _build_tasks(tasks, classes, source, out_dir, tok, tokenizer, context_length, long_context_length,
+                        max_side, workers, progress)
+  except BaseException:
+    _remove_if_unfinished(out_dir, created)
+    raise
+
+
+def _remove_if_unfinished(out_dir: str, created: bool) -> None:
+  """Delete an output folder this build created if no shard in it finished (nothing to resume)."""
+  if created and os.path.isdir(out_dir) and not any(f.endswith('.stats.json') for f in os.listdir(out_dir)):
+    import shutil
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _build_tasks(tasks, classes, source, out_dir, tok, tokenizer, context_length, long_context_length, max_side,
+                 workers, progress) -> dict[str, Any]:
   options = {'tokenizer': tokenizer, 'context_length': context_length,
              'long_context_length': long_context_length, 'max_side': max_side}
   workers = workers or min(len(tasks), os.cpu_count() or 1)
@@ -230,6 +252,12 @@ def main(argv=None):
   parser.add_argument('--workers', type=int, default=0, help='processes (0: one per core)')
   parser.add_argument('--tfds-data-dir', default=None)
   args = parser.parse_args(argv)
+  from superclip_jax import cli
+  with cli.user_errors('superclip_jax.data.build'):
+    _main(args)
+
+
+def _main(args):
   manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
                    long_context_length=args.long_context_length, max_side=args.max_side,
                    records_per_shard=args.records_per_shard, template=args.template,

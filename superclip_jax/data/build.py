@@ -1,11 +1,12 @@
-"""Build tokenized ArrayRecord shards from WebDataset tars, image folders or TFDS.
+"""Build tokenized ArrayRecord shards from WebDataset tars, image folders, TFDS or benchmark layouts.
 
   python -m superclip_jax.data.build --source 'webdataset:/data/{00000..00099}.tar' --out DIR
   python -m superclip_jax.data.build --source folder:/data/images --out DIR [--template 'a photo of a {}.']
   python -m superclip_jax.data.build --source tfds:cifar10:test --out DIR
+  python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (benchmark_sources.py)
 
-One output shard per input tar (or per --records-per-shard items of a folder / TFDS
-split), built in parallel worker processes. A finished shard is recorded by its
+One output shard per input tar (or per --records-per-shard items of a folder, benchmark
+or TFDS split), built in parallel worker processes. A finished shard is recorded by its
 `.stats.json`, so an interrupted build resumes where it stopped; the output depends only
 on the inputs and options (reproducible). Bad inputs are skipped or repaired and counted
 by reason in the manifest.
@@ -24,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from superclip_jax.data import benchmark_sources, images, records, sources, tokenizer as tokenizer_lib
+from superclip_jax.data import benchmark_sources, images, records, sources, tfds_source, tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
@@ -41,8 +42,8 @@ def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   if kind == 'list':
     return task['items']
   if kind == 'tfds':
-    return sources.read_tfds(task['name'], task['split'], task['start'], task['stop'], task['data_dir'],
-                             task['template'])
+    return tfds_source.read(task['dataset'], task['split'], task['start'], task['stop'],
+                            task['data_dir'], task['template'])
   raise ValueError(kind)
 
 
@@ -138,16 +139,8 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
   if kind == 'tfds':
     name, _, split = rest.partition(':')
     split = split or 'train'
-    try:
-      import tensorflow_datasets as tfds
-    except ImportError as e:
-      raise ImportError('tfds: sources need `pip install tensorflow-datasets tensorflow`') from e
-    builder = tfds.builder(name, data_dir=data_dir)
-    total = builder.info.splits[split].num_examples
-    classes = []
-    if 'label' in builder.info.features and hasattr(builder.info.features['label'], 'names'):
-      classes = list(builder.info.features['label'].names)
-    return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'split': split, 'start': start,
+    total, classes = tfds_source.plan(name, split, data_dir)
+    return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'dataset': name, 'split': split, 'start': start,
              'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
             for i, start in enumerate(range(0, total, records_per_shard))], classes
   raise UserError(f"--source {source!r}: expected one of 'webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', "

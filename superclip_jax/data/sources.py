@@ -162,26 +162,3 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
         items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
                       'caption': template.format(name.replace('_', ' ')), 'label': label})
   return items, classes
-
-
-def read_tfds(name: str, split: str, start: int, stop: int, data_dir: str | None,
-              template: str) -> Iterator[dict[str, Any]]:
-  """Items of a prepared TFDS dataset slice (optional extra: needs tensorflow-datasets + TensorFlow)."""
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise ImportError('tfds: sources need `pip install tensorflow-datasets tensorflow` '
-                      '(TFDS features decode with TensorFlow)') from e
-  builder = tfds.builder(name, data_dir=data_dir)
-  ds = builder.as_dataset(split=f'{split}[{start}:{stop}]', decoders={'image': tfds.decode.SkipDecoding()})
-  label_names = None
-  if 'label' in builder.info.features and hasattr(builder.info.features['label'], 'names'):
-    label_names = builder.info.features['label'].names
-  for i, ex in enumerate(tfds.as_numpy(ds)):
-    caption = ex.get('caption')
-    if caption is None and 'captions' in ex:
-      caption = ex['captions']['text'][0]
-    label = int(ex['label']) if 'label' in ex else -1
-    if caption is None and label_names:
-      caption = template.format(label_names[label].replace('_', ' '))
-    yield {'key': f'{name}/{split}/{start + i}', 'image': ex['image'], 'caption': caption, 'label': label}

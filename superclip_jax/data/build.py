@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from superclip_jax.data import benchmark_sources, images, records, sources, tfds_source, tokenizer as tokenizer_lib
+from superclip_jax.data import (benchmark_sources, images, records, remote, sources, tfds_source,
+                                tokenizer as tokenizer_lib)
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
@@ -38,6 +39,8 @@ def _shard_name(i: int) -> str:
 def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   kind = task['kind']
   if kind == 'webdataset':
+    if remote.is_remote(task['path']):
+      return remote.read_webdataset_url(task['path'])
     return sources.read_webdataset_tar(task['path'])
   if kind == 'list':
     return task['items']
@@ -78,7 +81,9 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
         if 'skip' in item:
           raise images.SkipRecord(item['skip'], item.get('detail', ''))
         caption = images.prepare_caption(item.get('caption'))
-        if 'image_path' in item:
+        if 'image_path' in item and remote.is_remote(item['image_path']):
+          raw = remote.read_bytes(item['image_path'])
+        elif 'image_path' in item:
           with open(item['image_path'], 'rb') as f:
             raw = f.read()
         else:
@@ -90,8 +95,11 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
           details[e.reason].append(f'{task.get("source", name)}: {key}: {e}')
         continue
       except OSError as e:
-        skipped['unreadable_file'] += 1
-        details['unreadable_file'].append(f'{key}: {e}')
+        # A remote image that is not there is a missing image, as a listed local one would be.
+        reason = 'missing_image' if isinstance(e, FileNotFoundError) else 'unreadable_file'
+        skipped[reason] += 1
+        if len(details[reason]) < _DETAIL_LIMIT:
+          details[reason].append(f'{key}: {e}')
         continue
       if repair:
         repaired[repair] += 1
@@ -124,6 +132,11 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
   """Split a --source into shard tasks; returns (tasks, class names)."""
   kind, _, rest = source.partition(':')
   if kind == 'webdataset':
+    if remote.is_remote(rest):
+      # Brace ranges only (no remote globbing); a tar that cannot be fetched is counted at build time.
+      paths = sources.expand_braces(rest, use_glob=False)
+      return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
+              for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)
     missing = [p for p in paths if not os.path.exists(p)]
     if not paths or missing:

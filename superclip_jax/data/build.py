@@ -164,16 +164,24 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
           long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, runner: str = 'local') -> dict[str, Any]:
   """Build (or finish building) the shards of `source` in out_dir; returns the manifest."""
+  if runner not in ('local', 'beam'):
+    raise UserError(f"--runner {runner!r}: expected 'local' or 'beam'")
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
   # Plan first: a bad --source is reported before anything is written.
   tasks, classes = plan_tasks(source, records_per_shard, template, data_dir)
+  options = {'tokenizer': tokenizer, 'context_length': context_length,
+             'long_context_length': long_context_length, 'max_side': max_side}
   created = not os.path.exists(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   try:
-    return _build_tasks(tasks, classes, source, out_dir, tok, tokenizer, context_length, long_context_length,
-                        max_side, workers, progress)
+    if runner == 'beam':
+      from superclip_jax.data import beam_runner
+      stats = beam_runner.run(tasks, out_dir, options, workers)
+    else:
+      stats = _run_local(tasks, out_dir, options, workers, progress)
+    return write_manifest(out_dir, stats, tok, classes, source, options)
   except BaseException:
     _remove_if_unfinished(out_dir, created)
     raise
@@ -186,10 +194,8 @@ def _remove_if_unfinished(out_dir: str, created: bool) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _build_tasks(tasks, classes, source, out_dir, tok, tokenizer, context_length, long_context_length, max_side,
-                 workers, progress) -> dict[str, Any]:
-  options = {'tokenizer': tokenizer, 'context_length': context_length,
-             'long_context_length': long_context_length, 'max_side': max_side}
+def _run_local(tasks, out_dir, options, workers, progress) -> list[dict[str, Any]]:
+  """build_shard over the tasks in worker processes; their stats in task order."""
   workers = workers or min(len(tasks), os.cpu_count() or 1)
   results: dict[str, dict[str, Any]] = {}
   bar = None
@@ -209,7 +215,7 @@ def _build_tasks(tasks, classes, source, out_dir, tok, tokenizer, context_length
         bar and bar.update()
   if bar:
     bar.close()
-  return write_manifest(out_dir, [results[t['name']] for t in tasks], tok, classes, source, options)
+  return [results[t['name']] for t in tasks]
 
 
 def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[str, Any]:
@@ -257,6 +263,8 @@ def main(argv=None):
   parser.add_argument('--template', default='a photo of a {}.', help='caption of ImageFolder / label classes')
   parser.add_argument('--workers', type=int, default=0, help='processes (0: one per core)')
   parser.add_argument('--tfds-data-dir', default=None)
+  parser.add_argument('--runner', default='local', choices=['local', 'beam'],
+                      help="'beam': Apache Beam (DirectRunner here; same output as local)")
   args = parser.parse_args(argv)
   from superclip_jax import cli
   with cli.user_errors('superclip_jax.data.build'):
@@ -267,7 +275,7 @@ def _main(args):
   manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
                    long_context_length=args.long_context_length, max_side=args.max_side,
                    records_per_shard=args.records_per_shard, template=args.template,
-                   workers=args.workers, data_dir=args.tfds_data_dir)
+                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner)
   print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards at {args.out}; "
         f"skipped {manifest['skipped'] or 'none'}; repaired {manifest['repaired'] or 'none'}")
 

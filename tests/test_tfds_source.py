@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import corpus
-from superclip_jax.data import build, records
+from superclip_jax.data import benchmark_sources, build, records
 from superclip_jax.errors import UserError
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -54,6 +54,24 @@ class TinyCocoCaptions(tfds.core.GeneratorBasedBuilder):
     for i in range(3):
       yield i, {'image': corpus.encode(corpus.picture(i), 'JPEG'), 'image/filename': f'COCO_{i}.jpg',
                 'captions': {'id': list(range(5)), 'text': [f'image {i} caption {k}' for k in range(5)]}}
+
+
+class TinyImagenet(tfds.core.GeneratorBasedBuilder):
+  """imagenet2012's label feature: the 1,000 sorted WNIDs."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'), 'file_name': tfds.features.Text(),
+        'label': tfds.features.ClassLabel(names=list(benchmark_sources.imagenet_wnids()))}))
+
+  def _split_generators(self, dl_manager):
+    return {'validation': self._generate_examples()}
+
+  def _generate_examples(self):
+    for label in (0, 999):
+      name = f'ILSVRC2012_val_{label + 1:08d}.JPEG'
+      yield name, {'image': corpus.encode(corpus.picture(label), 'JPEG'), 'file_name': name, 'label': label}
 
 
 def _all_records(out_dir):
@@ -105,3 +123,12 @@ def test_tfds_dataset_not_prepared_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match='array_record'):
     build.build('tfds:tiny_pets:test', str(tmp_path / 'out'), data_dir=str(tmp_path / 'empty'), progress=False)
   assert not (tmp_path / 'out').exists()
+
+
+def test_tfds_imagenet_labels_get_openai_class_names(tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  TinyImagenet(data_dir=data_dir, file_format='array_record').download_and_prepare()
+  manifest = build.build('tfds:tiny_imagenet:validation', str(tmp_path / 'out'), data_dir=data_dir, progress=False)
+  assert manifest['class_names'][:2] == ['tench', 'goldfish'] and len(manifest['class_names']) == 1000
+  recs = sorted(_all_records(str(tmp_path / 'out'))[1], key=lambda r: r['label'])
+  assert [(r['label'], r['caption']) for r in recs] == [(0, 'a photo of a tench.'), (999, 'a photo of a toilet paper.')]

@@ -40,14 +40,22 @@ def open_source(name: str, split: str, data_dir: str | None):
                     "prepare it with file_format='array_record' (tfds build --file_format=array_record)") from None
 
 
+def class_names(features) -> list[str]:
+  """Names of the 'label' feature ([] if none); ImageNet's WNIDs become OpenAI's class names."""
+  if 'label' not in features or not hasattr(features['label'], 'names'):
+    return []
+  names = list(features['label'].names)
+  from superclip_jax.data import benchmark_sources
+  # imagenet2012, imagenet_v2, imagenet_a...: labels are the sorted WNIDs, i.e. OpenAI's class order.
+  if names == list(benchmark_sources.imagenet_wnids()):
+    return benchmark_sources.imagenet_classnames()
+  return names
+
+
 def plan(name: str, split: str, data_dir: str | None) -> tuple[int, list[str]]:
   """(number of examples, class names of its 'label' feature or [])."""
   source = open_source(name, split, data_dir)
-  features = source.dataset_info.features
-  classes = []
-  if 'label' in features and hasattr(features['label'], 'names'):
-    classes = list(features['label'].names)
-  return len(source), classes
+  return len(source), class_names(source.dataset_info.features)
 
 
 def _text(value) -> str | bytes:
@@ -68,8 +76,7 @@ def read(name: str, split: str, start: int, stop: int, data_dir: str | None,
          template: str) -> Iterator[dict[str, Any]]:
   """Items of examples [start, stop) of a prepared TFDS split."""
   source = open_source(name, split, data_dir)
-  features = source.dataset_info.features
-  label_names = list(features['label'].names) if 'label' in features and hasattr(features['label'], 'names') else []
+  label_names = class_names(source.dataset_info.features)
   for lo in range(start, stop, _BATCH):
     indices = list(range(lo, min(lo + _BATCH, stop)))
     for i, ex in zip(indices, source.__getitems__(indices)):

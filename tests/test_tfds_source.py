@@ -84,7 +84,19 @@ def _comparable(rec):
   return {k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in rec.items()}
 
 
-def test_tfds_data_source_matches_folder_source_without_tensorflow(tmp_path):
+class _ImportWatcher:
+  """A sys.meta_path finder that records attempts to import TensorFlow (and finds nothing itself)."""
+
+  def __init__(self):
+    self.attempts = []
+
+  def find_spec(self, name, path=None, target=None):
+    if name == 'tensorflow' or name.startswith('tensorflow.'):
+      self.attempts.append(name)
+    return None
+
+
+def test_tfds_data_source_matches_folder_source_without_tensorflow(tmp_path, monkeypatch):
   folder = tmp_path / 'pets'
   for label, name in enumerate(_CLASSES):
     (folder / name).mkdir(parents=True)
@@ -93,9 +105,14 @@ def test_tfds_data_source_matches_folder_source_without_tensorflow(tmp_path):
   TinyPets.FOLDER = str(folder)
   data_dir = str(tmp_path / 'tfds')
   TinyPets(data_dir=data_dir, file_format='array_record').download_and_prepare()
+  # Only around reading: while preparing, etils probes find_spec('tensorflow') (a check, not an import).
+  watcher = _ImportWatcher()
+  monkeypatch.setattr(sys, 'meta_path', [watcher, *sys.meta_path])
   from_tfds = build.build('tfds:tiny_pets:test', str(tmp_path / 'a'), data_dir=data_dir, records_per_shard=4,
                           workers=1, progress=False)
   assert 'tensorflow' not in sys.modules  # preparing and reading both ran without TensorFlow
+  assert watcher.attempts == []  # reading never even looked for it
+  monkeypatch.setattr(sys, 'meta_path', [f for f in sys.meta_path if f is not watcher])
   from_folder = build.build(f'folder:{folder}', str(tmp_path / 'b'), records_per_shard=4, progress=False)
   assert from_tfds['class_names'] == from_folder['class_names'] == _CLASSES
   assert from_tfds['num_records'] == 6 and from_tfds['skipped'] == {} and len(from_tfds['shards']) == 2

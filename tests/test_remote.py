@@ -135,6 +135,8 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
   monkeypatch.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
   monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
   from gcp_storage_emulator import server as emulator
+  import logging
+  logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # each expected 404 is logged as an ERROR
   server = emulator.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
   server.start()
   try:

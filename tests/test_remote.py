@@ -154,3 +154,15 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
     assert manifest['class_names'] == ['cat', 'dog'] and manifest['num_records'] == 2
   finally:
     server.stop()
+
+
+def test_missing_fsspec_driver_is_a_user_error(tmp_path, monkeypatch):
+  import fsspec
+  from superclip_jax.errors import UserError
+
+  def no_driver(protocol):
+    raise ImportError(f'Install s3fs to access {protocol}')
+  monkeypatch.setattr(fsspec, 'get_filesystem_class', no_driver)
+  with pytest.raises(UserError, match='s3fs'):
+    build.build('webdataset:s3://bucket/{0..1}.tar', str(tmp_path / 'out'), progress=False)
+  assert not (tmp_path / 'out').exists()

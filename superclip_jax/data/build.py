@@ -135,6 +135,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     if remote.is_remote(rest):
       # Brace ranges only (no remote globbing); a tar that cannot be fetched is counted at build time.
       paths = sources.expand_braces(rest, use_glob=False)
+      remote.check_driver(rest)
       return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
               for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)

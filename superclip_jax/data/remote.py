@@ -32,6 +32,18 @@ def is_remote(path: str) -> bool:
   return path.startswith(REMOTE_PREFIXES)
 
 
+def check_driver(url: str) -> None:
+  """A UserError now, rather than every download failing later, if url's fsspec driver is missing."""
+  if url.startswith('pipe:'):
+    return
+  import fsspec
+  protocol = url.split('://', 1)[0]
+  try:
+    fsspec.get_filesystem_class(protocol)
+  except ImportError as e:
+    raise UserError(f'{url}: {e}') from None
+
+
 def _copy_once(url: str, out: BinaryIO) -> None:
   if url.startswith('pipe:'):
     # webdataset's convention: the command's stdout is the file; a non-zero status is a failure.
@@ -93,6 +105,7 @@ def list_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict
   """sources.list_folder for a URL: items with image URLs (fetched by the workers), class names."""
   from superclip_jax.data import sources
   import fsspec
+  check_driver(url)
   try:
     fs, root = fsspec.core.url_to_fs(url)
   except (ImportError, ValueError) as e:

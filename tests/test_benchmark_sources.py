@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 import corpus
-from superclip_jax.data import benchmark_sources, build, records
+from superclip_jax.data import benchmark_sources, build, pipeline, records
 from superclip_jax.errors import UserError
+from superclip_jax.evals import retrieval
 
 # ILSVRC2012_IDs deliberately not in sorted-WNID order (the devkit's IDs are not either).
 _SYNSETS = [(1, 'n15075141', 'toilet tissue'), (2, 'n01440764', 'tench'), (3, 'n01484850', 'great white shark')]
@@ -159,6 +160,9 @@ def test_karpathy_keeps_five_captions_per_image(tmp_path, flickr):
     i = [0, 1, 2][list(groups).index(name)]
     assert [r['caption'] for r in group] == [f'image {i} caption {k}.' for k in range(5)]
     assert len({r['image'] for r in group}) == 1
+  # The retrieval evaluator's own grouping: 3 images, each text pointing at its image.
+  image_rows, text_to_image = retrieval.groups_to_images(np.array([pipeline.group_id(r['key']) for r in recs]))
+  assert len(image_rows) == 3 and np.bincount(text_to_image).tolist() == [5, 5, 5]
   train = build.build(f'{kind}:{images},{path}:train', str(tmp_path / 'train'), progress=False)
   assert train['num_records'] == 10  # train + restval
   assert build.build(f'{kind}:{images},{path}:val', str(tmp_path / 'val'), progress=False)['num_records'] == 5

@@ -148,6 +148,9 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
     manifest = build.build('webdataset:gs://bucket/tars/{00000..00002}.tar', str(tmp_path / 'o1'), workers=1,
                            progress=False)
     assert manifest['num_records'] == 6 and manifest['skipped'] == {'unreadable_tar': 1}
+    manifest = build.build('webdataset:gs://bucket/tars/*.tar', str(tmp_path / 'glob'), workers=1, progress=False)
+    assert [s['source'] for s in manifest['shards']] == ['gs://bucket/tars/00000.tar', 'gs://bucket/tars/00001.tar']
+    assert manifest['num_records'] == 6 and manifest['skipped'] == {}
     for name in ('cat', 'dog'):
       fs.pipe(f'bucket/pets/{name}/0.jpg', corpus.encode(corpus.picture(len(name)), 'JPEG'))
     manifest = build.build('folder:gs://bucket/pets', str(tmp_path / 'o2'), workers=1, progress=False)

@@ -133,9 +133,11 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
   kind, _, rest = source.partition(':')
   if kind == 'webdataset':
     if remote.is_remote(rest):
-      # Brace ranges only (no remote globbing); a tar that cannot be fetched is counted at build time.
-      paths = sources.expand_braces(rest, use_glob=False)
+      # A tar that cannot be fetched is counted at build time.
       remote.check_driver(rest)
+      paths = remote.expand(rest)
+      if not paths:
+        raise UserError(f'webdataset source {rest!r}: no tar matches')
       return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
               for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)

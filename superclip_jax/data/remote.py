@@ -44,6 +44,24 @@ def check_driver(url: str) -> None:
     raise UserError(f'{url}: {e}') from None
 
 
+def expand(pattern: str) -> list[str]:
+  """Brace ranges of a remote pattern, then globs on object stores (gs://, s3://); URLs as given."""
+  from superclip_jax.data import sources
+  paths = sources.expand_braces(pattern, use_glob=False)
+  if not pattern.startswith(('gs://', 's3://')):
+    return paths  # '?' and '*' are part of http URLs and shell commands
+  import fsspec
+  out = []
+  for path in paths:
+    if any(c in path for c in '*?['):
+      fs, _ = fsspec.core.url_to_fs(path)
+      protocol = path.split('://', 1)[0]
+      out.extend(f'{protocol}://{p}' for p in sorted(fs.glob(path)))
+    else:
+      out.append(path)
+  return out
+
+
 def _copy_once(url: str, out: BinaryIO) -> None:
   if url.startswith('pipe:'):
     # webdataset's convention: the command's stdout is the file; a non-zero status is a failure.

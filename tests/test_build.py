@@ -146,11 +146,9 @@ def test_unreadable_manifest_and_missing_inputs_name_the_file(tmp_path):
     build.build('s3:bucket', str(tmp_path / 'o'), progress=False)
 
 
-def test_tfds_source_without_tfds_is_a_clear_error(tmp_path):
-  try:
-    import tensorflow_datasets  # noqa: F401
-    pytest.skip('tensorflow-datasets is installed; this checks the message shown without it')
-  except ImportError:
-    pass
-  with pytest.raises(ImportError, match='tensorflow-datasets'):
+def test_tfds_source_without_tfds_is_a_clear_error(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # as if not installed
+  with pytest.raises(ImportError, match='pip install tensorflow-datasets'):
     build.build('tfds:cifar10:test', str(tmp_path / 'o'), progress=False)
+  assert not (tmp_path / 'o').exists()

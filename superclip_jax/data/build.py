@@ -1,11 +1,12 @@
-"""Build tokenized ArrayRecord shards from WebDataset tars, image folders or TFDS.
+"""Build tokenized ArrayRecord shards from WebDataset tars, image folders, TFDS or benchmark layouts.
 
   python -m superclip_jax.data.build --source 'webdataset:/data/{00000..00099}.tar' --out DIR
   python -m superclip_jax.data.build --source folder:/data/images --out DIR [--template 'a photo of a {}.']
   python -m superclip_jax.data.build --source tfds:cifar10:test --out DIR
+  python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (benchmark_sources.py)
 
-One output shard per input tar (or per --records-per-shard items of a folder / TFDS
-split), built in parallel worker processes. A finished shard is recorded by its
+One output shard per input tar (or per --records-per-shard items of a folder, benchmark
+or TFDS split), built in parallel worker processes. A finished shard is recorded by its
 `.stats.json`, so an interrupted build resumes where it stopped; the output depends only
 on the inputs and options (reproducible). Bad inputs are skipped or repaired and counted
 by reason in the manifest.
@@ -24,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from superclip_jax.data import images, records, sources
+from superclip_jax.data import benchmark_sources, images, records, remote, sources, tfds_source
 from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
@@ -38,12 +39,14 @@ def _shard_name(i: int) -> str:
 def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   kind = task['kind']
   if kind == 'webdataset':
+    if remote.is_remote(task['path']):
+      return remote.read_webdataset_url(task['path'])
     return sources.read_webdataset_tar(task['path'])
   if kind == 'list':
     return task['items']
   if kind == 'tfds':
-    return sources.read_tfds(task['name'], task['split'], task['start'], task['stop'], task['data_dir'],
-                             task['template'])
+    return tfds_source.read(task['dataset'], task['split'], task['start'], task['stop'],
+                            task['data_dir'], task['template'])
   raise ValueError(kind)
 
 
@@ -78,7 +81,9 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
         if 'skip' in item:
           raise images.SkipRecord(item['skip'], item.get('detail', ''))
         caption = images.prepare_caption(item.get('caption'))
-        if 'image_path' in item:
+        if 'image_path' in item and remote.is_remote(item['image_path']):
+          raw = remote.read_bytes(item['image_path'])
+        elif 'image_path' in item:
           with open(item['image_path'], 'rb') as f:
             raw = f.read()
         else:
@@ -90,8 +95,11 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
           details[e.reason].append(f'{task.get("source", name)}: {key}: {e}')
         continue
       except OSError as e:
-        skipped['unreadable_file'] += 1
-        details['unreadable_file'].append(f'{key}: {e}')
+        # A remote image that is not there is a missing image, as a listed local one would be.
+        reason = 'missing_image' if isinstance(e, FileNotFoundError) else 'unreadable_file'
+        skipped[reason] += 1
+        if len(details[reason]) < _DETAIL_LIMIT:
+          details[reason].append(f'{key}: {e}')
         continue
       if repair:
         repaired[repair] += 1
@@ -124,45 +132,73 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
   """Split a --source into shard tasks; returns (tasks, class names)."""
   kind, _, rest = source.partition(':')
   if kind == 'webdataset':
+    if remote.is_remote(rest):
+      # A tar that cannot be fetched is counted at build time.
+      remote.check_driver(rest)
+      paths = remote.expand(rest)
+      if not paths:
+        raise UserError(f'webdataset source {rest!r}: no tar matches')
+      return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
+              for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)
     missing = [p for p in paths if not os.path.exists(p)]
     if not paths or missing:
       raise UserError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
     return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
             for i, p in enumerate(paths)], []
-  if kind == 'folder':
-    items, classes = sources.list_folder(rest, template)
+  if kind == 'folder' or kind in benchmark_sources.LISTERS:
+    lister = sources.list_folder if kind == 'folder' else benchmark_sources.LISTERS[kind]
+    items, classes = lister(rest, template)
     chunks = [items[i:i + records_per_shard] for i in range(0, len(items), records_per_shard)]
     return [{'kind': 'list', 'items': chunk, 'name': _shard_name(i), 'source': rest}
             for i, chunk in enumerate(chunks)], classes
   if kind == 'tfds':
     name, _, split = rest.partition(':')
     split = split or 'train'
-    try:
-      import tensorflow_datasets as tfds
-    except ImportError as e:
-      raise ImportError('tfds: sources need `pip install tensorflow-datasets tensorflow`') from e
-    builder = tfds.builder(name, data_dir=data_dir)
-    total = builder.info.splits[split].num_examples
-    classes = []
-    if 'label' in builder.info.features and hasattr(builder.info.features['label'], 'names'):
-      classes = list(builder.info.features['label'].names)
-    return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'split': split, 'start': start,
+    total, classes = tfds_source.plan(name, split, data_dir)
+    return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'dataset': name, 'split': split, 'start': start,
              'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
             for i, start in enumerate(range(0, total, records_per_shard))], classes
-  raise UserError(f"--source {source!r}: expected 'webdataset:PATTERN', 'folder:DIR' or 'tfds:NAME[:SPLIT]'")
+  raise UserError(f"--source {source!r}: expected one of 'webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', "
+                  "'imagenet:DIR', 'imagenet_v2:DIR', 'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]', "
+                  "'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]'")
 
 
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
           long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, runner: str = 'local') -> dict[str, Any]:
   """Build (or finish building) the shards of `source` in out_dir; returns the manifest."""
-  os.makedirs(out_dir, exist_ok=True)
+  if runner not in ('local', 'beam'):
+    raise UserError(f"--runner {runner!r}: expected 'local' or 'beam'")
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
+  # Plan first: a bad --source is reported before anything is written.
   tasks, classes = plan_tasks(source, records_per_shard, template, data_dir)
   options = {'tokenizer': tokenizer, 'context_length': context_length,
              'long_context_length': long_context_length, 'max_side': max_side}
+  created = not os.path.exists(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  try:
+    if runner == 'beam':
+      from superclip_jax.data import beam_runner
+      stats = beam_runner.run(tasks, out_dir, options, workers)
+    else:
+      stats = _run_local(tasks, out_dir, options, workers, progress)
+    return write_manifest(out_dir, stats, tok, classes, source, options)
+  except BaseException:
+    _remove_if_unfinished(out_dir, created)
+    raise
+
+
+def _remove_if_unfinished(out_dir: str, created: bool) -> None:
+  """Delete an output folder this build created if no shard in it finished (nothing to resume)."""
+  if created and os.path.isdir(out_dir) and not any(f.endswith('.stats.json') for f in os.listdir(out_dir)):
+    import shutil
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run_local(tasks, out_dir, options, workers, progress) -> list[dict[str, Any]]:
+  """build_shard over the tasks in worker processes; their stats in task order."""
   workers = workers or min(len(tasks), os.cpu_count() or 1)
   results: dict[str, dict[str, Any]] = {}
   bar = None
@@ -182,7 +218,7 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
         bar and bar.update()
   if bar:
     bar.close()
-  return write_manifest(out_dir, [results[t['name']] for t in tasks], tok, classes, source, options)
+  return [results[t['name']] for t in tasks]
 
 
 def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[str, Any]:
@@ -230,11 +266,19 @@ def main(argv=None):
   parser.add_argument('--template', default='a photo of a {}.', help='caption of ImageFolder / label classes')
   parser.add_argument('--workers', type=int, default=0, help='processes (0: one per core)')
   parser.add_argument('--tfds-data-dir', default=None)
+  parser.add_argument('--runner', default='local', choices=['local', 'beam'],
+                      help="'beam': Apache Beam (DirectRunner here; same output as local)")
   args = parser.parse_args(argv)
+  from superclip_jax import cli
+  with cli.user_errors('superclip_jax.data.build'):
+    _main(args)
+
+
+def _main(args):
   manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
                    long_context_length=args.long_context_length, max_side=args.max_side,
                    records_per_shard=args.records_per_shard, template=args.template,
-                   workers=args.workers, data_dir=args.tfds_data_dir)
+                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner)
   print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards at {args.out}; "
         f"skipped {manifest['skipped'] or 'none'}; repaired {manifest['repaired'] or 'none'}")
 

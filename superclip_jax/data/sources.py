@@ -21,11 +21,11 @@ IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'gif', 'tif', 'tiff')
 LONG_CAPTION_EXT = 'long.txt'
 
 
-def expand_braces(pattern: str) -> list[str]:
-  """'/d/{00000..00002}.tar' -> three paths (zero padding kept); '{a,b}' lists; then glob."""
+def expand_braces(pattern: str, use_glob: bool = True) -> list[str]:
+  """'/d/{00000..00002}.tar' -> three paths (zero padding kept); '{a,b}' lists; then glob (if use_glob)."""
   match = re.search(r'\{([^{}]*)\}', pattern)
   if not match:
-    found = sorted(glob.glob(pattern)) if any(c in pattern for c in '*?[') else [pattern]
+    found = sorted(glob.glob(pattern)) if use_glob and any(c in pattern for c in '*?[') else [pattern]
     return found
   body = match.group(1)
   rng = re.fullmatch(r'(\d+)\.\.(\d+)', body)
@@ -37,7 +37,7 @@ def expand_braces(pattern: str) -> list[str]:
     options = body.split(',')
   out = []
   for option in options:
-    out.extend(expand_braces(pattern[:match.start()] + option + pattern[match.end():]))
+    out.extend(expand_braces(pattern[:match.start()] + option + pattern[match.end():], use_glob))
   return out
 
 
@@ -75,16 +75,17 @@ def _group_to_item(key: str, files: dict[str, bytes]) -> dict[str, Any]:
           'label': int(meta['label']) if isinstance(meta.get('label'), int) else -1}
 
 
-def read_webdataset_tar(path: str) -> Iterator[dict[str, Any]]:
+def read_webdataset_tar(path: str, fileobj=None) -> Iterator[dict[str, Any]]:
   """Items of one img2dataset-style tar (key.jpg + key.txt + key.json), streamed in order.
 
   Nothing is extracted to disk, so a path-traversal name is only skipped and counted. A
   key seen before in this tar, or a repeated extension within a key, drops that group.
+  `fileobj`, when given, holds the tar's bytes (a downloaded remote tar named by `path`).
   """
   seen: set[str] = set()
   current_key, files, duplicate = None, {}, False
   try:
-    with tarfile.open(path, 'r|*') as tar:
+    with tarfile.open(None if fileobj else path, 'r|*', fileobj=fileobj) as tar:
       for member in tar:
         if not member.isfile():
           continue
@@ -114,42 +115,59 @@ def read_webdataset_tar(path: str) -> Iterator[dict[str, Any]]:
     yield _group_to_item(current_key, files)
 
 
+def parse_jsonl(lines, name: str) -> list[dict[str, Any]]:
+  """Rows of a captions.jsonl (blank lines ignored); a bad line is a UserError naming it."""
+  rows = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError as e:
+      raise UserError(f'{name}:{n}: not JSON ({e})') from e
+  return rows
+
+
+def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join,
+                    exists=os.path.exists) -> list[dict[str, Any]]:
+  """Items of caption rows ({"image": relative path, "caption": ...}); exists=None: do not check."""
+  items = []
+  for n, row in enumerate(rows):
+    rel = row.get('image') or row.get('file') or row.get('filename')
+    if not rel:
+      raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
+    path = join(directory, rel)
+    if _unsafe(rel) or (exists is not None and not exists(path)):
+      items.append({'key': rel, 'skip': 'unsafe_path' if _unsafe(rel) else 'missing_image'})
+      continue
+    label = row.get('label', -1)
+    items.append({'key': rel, 'image_path': path, 'caption': row.get('caption', row.get('text')),
+                  'long_caption': row.get('long_caption') or '',
+                  'label': int(label) if str(label).lstrip('-').isdigit() else -1})
+  return items
+
+
 def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
   """Items of a folder: images + captions.jsonl / captions.csv, else the ImageFolder layout.
 
   Returns (items with image paths, read later by the worker; class names for ImageFolder or []).
+  A URL (gs://, s3://, http(s)://) is listed through fsspec (remote.py).
   """
+  from superclip_jax.data import remote
+  if remote.is_remote(directory):
+    return remote.list_folder(directory, template)
   if not os.path.isdir(directory):
     raise UserError(f'folder source {directory} does not exist')
   jsonl, csv_path = os.path.join(directory, 'captions.jsonl'), os.path.join(directory, 'captions.csv')
   rows: list[dict[str, Any]] = []
   if os.path.exists(jsonl):
     with open(jsonl, encoding='utf-8') as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          rows.append(json.loads(line))
-        except ValueError as e:
-          raise UserError(f'{jsonl}:{n}: not JSON ({e})') from e
+      rows = parse_jsonl(f, jsonl)
   elif os.path.exists(csv_path):
     with open(csv_path, encoding='utf-8', newline='') as f:
       rows = list(csv.DictReader(f))
   if rows or os.path.exists(jsonl) or os.path.exists(csv_path):
-    items = []
-    for n, row in enumerate(rows):
-      rel = row.get('image') or row.get('file') or row.get('filename')
-      if not rel:
-        raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
-      path = os.path.join(directory, rel)
-      if _unsafe(rel) or not os.path.exists(path):
-        items.append({'key': rel, 'skip': 'unsafe_path' if _unsafe(rel) else 'missing_image'})
-        continue
-      label = row.get('label', -1)
-      items.append({'key': rel, 'image_path': path, 'caption': row.get('caption', row.get('text')),
-                    'long_caption': row.get('long_caption') or '',
-                    'label': int(label) if str(label).lstrip('-').isdigit() else -1})
-    return items, []
+    return items_from_rows(rows, directory), []
   classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
   if not classes:
     raise UserError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
@@ -162,26 +180,3 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
         items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
                       'caption': template.format(name.replace('_', ' ')), 'label': label})
   return items, classes
-
-
-def read_tfds(name: str, split: str, start: int, stop: int, data_dir: str | None,
-              template: str) -> Iterator[dict[str, Any]]:
-  """Items of a prepared TFDS dataset slice (optional extra: needs tensorflow-datasets + TensorFlow)."""
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise ImportError('tfds: sources need `pip install tensorflow-datasets tensorflow` '
-                      '(TFDS features decode with TensorFlow)') from e
-  builder = tfds.builder(name, data_dir=data_dir)
-  ds = builder.as_dataset(split=f'{split}[{start}:{stop}]', decoders={'image': tfds.decode.SkipDecoding()})
-  label_names = None
-  if 'label' in builder.info.features and hasattr(builder.info.features['label'], 'names'):
-    label_names = builder.info.features['label'].names
-  for i, ex in enumerate(tfds.as_numpy(ds)):
-    caption = ex.get('caption')
-    if caption is None and 'captions' in ex:
-      caption = ex['captions']['text'][0]
-    label = int(ex['label']) if 'label' in ex else -1
-    if caption is None and label_names:
-      caption = template.format(label_names[label].replace('_', ' '))
-    yield {'key': f'{name}/{split}/{start + i}', 'image': ex['image'], 'caption': caption, 'label': label}

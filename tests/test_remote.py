@@ -1,0 +1,171 @@
+"""Remote inputs through fsspec against a local HTTP server: tars and folders build as local ones do;
+a failed download is retried, then counted as a bad input ('unreadable_tar'), never a crash; pipe: commands."""
+
+import collections
+import functools
+import http.server
+import json
+import os
+import sys
+import threading
+
+import pytest
+from PIL import Image
+
+import corpus
+from superclip_jax.data import build, remote
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+  """Static files, plus /flaky-* (503 for the first two requests) and /cut-* (body cut short)."""
+  hits: collections.Counter = collections.Counter()
+
+  def log_message(self, *args):
+    pass
+
+  def do_GET(self):
+    _Handler.hits[self.path] += 1
+    name = os.path.basename(self.path)
+    if name.startswith('flaky-') and _Handler.hits[self.path] <= 2:
+      self.send_error(503)
+      return
+    if name.startswith('cut-'):
+      data = open(os.path.join(self.directory, name), 'rb').read()
+      self.send_response(200)
+      self.send_header('Content-Length', str(len(data)))
+      self.end_headers()
+      self.wfile.write(data[: len(data) // 2])  # the connection drops mid-body
+      self.close_connection = True
+      return
+    super().do_GET()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+  monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
+  root = tmp_path / 'www'
+  root.mkdir()
+  _Handler.hits.clear()
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Handler, directory=str(root)))
+  thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
+  thread.start()
+  yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def _shard_bytes(out):
+  return {p: open(os.path.join(out, p), 'rb').read() for p in sorted(os.listdir(out)) if p.endswith('.array_record')}
+
+
+def test_tars_over_http_build_like_local_ones(server, tmp_path):
+  root, url = server
+  for i in range(2):
+    corpus.write_tar(str(root / f'{i:05d}.tar'), corpus.good_members(4, start=4 * i))
+  manifest = build.build(f'webdataset:{url}/{{00000..00001}}.tar', str(tmp_path / 'http'), workers=1, progress=False)
+  local = build.build(f'webdataset:{root}/{{00000..00001}}.tar', str(tmp_path / 'local'), workers=1, progress=False)
+  assert manifest['num_records'] == 8 and manifest['skipped'] == {}
+  assert [s['source'] for s in manifest['shards']] == [f'{url}/00000.tar', f'{url}/00001.tar']
+  assert _shard_bytes(tmp_path / 'http') == _shard_bytes(tmp_path / 'local')
+  assert manifest['repaired'] == local['repaired']
+
+
+def test_failed_downloads_are_retried_then_counted(server, tmp_path):
+  root, url = server
+  for name in ('good', 'flaky-ok', 'cut-tar'):
+    corpus.write_tar(str(root / f'{name}.tar'), corpus.good_members(3))
+  manifest = build.build(f'webdataset:{url}/{{good,flaky-ok,missing,cut-tar}}.tar', str(tmp_path / 'out'),
+                         workers=1, progress=False)
+  assert manifest['num_records'] == 6  # good + flaky-ok (third attempt)
+  assert manifest['skipped'] == {'unreadable_tar': 2}  # 404, and a body cut short on every attempt
+  assert _Handler.hits['/flaky-ok.tar'] == 3
+  assert _Handler.hits['/missing.tar'] == 1  # not found is not retried
+  assert _Handler.hits['/cut-tar.tar'] == remote.RETRIES + 1
+  lines = manifest['skip_examples']['unreadable_tar']
+  assert any('missing.tar' in line for line in lines) and any('cut-tar.tar' in line for line in lines)
+
+
+def test_pipe_command_tars(tmp_path, monkeypatch):
+  monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
+  path = corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(3))
+  manifest = build.build(f'webdataset:pipe:cat {path}', str(tmp_path / 'out'), progress=False)
+  assert manifest['num_records'] == 3
+  manifest = build.build(f'webdataset:pipe:cat {tmp_path}/{{a,nowhere}}.tar', str(tmp_path / 'out2'),
+                         workers=1, progress=False)
+  assert manifest['num_records'] == 3 and manifest['skipped'] == {'unreadable_tar': 1}
+  assert 'status 1' in manifest['skip_examples']['unreadable_tar'][0]
+
+
+def test_folders_over_http(server, tmp_path):
+  root, url = server
+  for label, name in enumerate(['golden_retriever', 'tabby_cat']):
+    (root / 'pets' / name).mkdir(parents=True)
+    for i in range(2):
+      Image.fromarray(corpus.picture(10 * label + i)).save(root / 'pets' / name / f'{i}.jpg')
+  manifest = build.build(f'folder:{url}/pets/', str(tmp_path / 'o1'), progress=False)
+  local = build.build(f"folder:{root / 'pets'}", str(tmp_path / 'o2'), progress=False)
+  assert manifest['class_names'] == ['golden_retriever', 'tabby_cat'] and manifest['num_records'] == 4
+  assert _shard_bytes(tmp_path / 'o1') == _shard_bytes(tmp_path / 'o2')
+  (root / 'caps').mkdir()
+  Image.fromarray(corpus.picture(1)).save(root / 'caps' / 'a.jpg')
+  rows = [{'image': 'a.jpg', 'caption': 'one'}, {'image': 'gone.jpg', 'caption': 'two'}]
+  (root / 'caps' / 'captions.jsonl').write_text('\n'.join(json.dumps(r) for r in rows))
+  manifest = build.build(f'folder:{url}/caps', str(tmp_path / 'o3'), progress=False)
+  assert manifest['num_records'] == 1 and manifest['skipped'] == {'missing_image': 1}
+
+
+def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
+  """gs:// through gcsfs against gcp-storage-emulator (in memory, on 127.0.0.1)."""
+  import importlib.util
+  import socket
+  if not (importlib.util.find_spec('gcsfs') and importlib.util.find_spec('gcp_storage_emulator')):
+    pytest.skip('needs gcsfs and gcp-storage-emulator')
+  # gcsfs reads its settings when first imported: the environment must be set before.
+  if 'gcsfs' in sys.modules:
+    pytest.skip('gcsfs was imported before this test could configure it')
+  import fsspec
+  sock = socket.socket()
+  sock.bind(('127.0.0.1', 0))
+  port = sock.getsockname()[1]
+  sock.close()
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{port}')
+  # Without this, gcsfs asks the (absent) gRPC control API for the bucket layout and stalls per call.
+  monkeypatch.setenv('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+  monkeypatch.setenv('NO_GCE_CHECK', 'true')
+  monkeypatch.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
+  monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
+  from gcp_storage_emulator import server as emulator
+  import logging
+  logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # each expected 404 is logged as an ERROR
+  server = emulator.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
+  server.start()
+  try:
+    import gcsfs
+    fs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
+    for i in range(2):
+      tar = corpus.write_tar(str(tmp_path / f'{i:05d}.tar'), corpus.good_members(3, start=3 * i))
+      fs.pipe(f'bucket/tars/{i:05d}.tar', open(tar, 'rb').read())
+    manifest = build.build('webdataset:gs://bucket/tars/{00000..00002}.tar', str(tmp_path / 'o1'), workers=1,
+                           progress=False)
+    assert manifest['num_records'] == 6 and manifest['skipped'] == {'unreadable_tar': 1}
+    manifest = build.build('webdataset:gs://bucket/tars/*.tar', str(tmp_path / 'glob'), workers=1, progress=False)
+    assert [s['source'] for s in manifest['shards']] == ['gs://bucket/tars/00000.tar', 'gs://bucket/tars/00001.tar']
+    assert manifest['num_records'] == 6 and manifest['skipped'] == {}
+    for name in ('cat', 'dog'):
+      fs.pipe(f'bucket/pets/{name}/0.jpg', corpus.encode(corpus.picture(len(name)), 'JPEG'))
+    manifest = build.build('folder:gs://bucket/pets', str(tmp_path / 'o2'), workers=1, progress=False)
+    assert manifest['class_names'] == ['cat', 'dog'] and manifest['num_records'] == 2
+  finally:
+    server.stop()
+
+
+def test_missing_fsspec_driver_is_a_user_error(tmp_path, monkeypatch):
+  import fsspec
+  from superclip_jax.errors import UserError
+
+  def no_driver(protocol):
+    raise ImportError(f'Install s3fs to access {protocol}')
+  monkeypatch.setattr(fsspec, 'get_filesystem_class', no_driver)
+  with pytest.raises(UserError, match='s3fs'):
+    build.build('webdataset:s3://bucket/{0..1}.tar', str(tmp_path / 'out'), progress=False)
+  assert not (tmp_path / 'out').exists()

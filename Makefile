@@ -13,7 +13,7 @@ WORKDIR ?= workdirs/demo_mnist
 $(BIN)/.installed: pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,interop]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -3,9 +3,9 @@
 import json
 import os
 
+import corpus
 import pytest
 
-import corpus
 from superclip_jax.data import build, records
 
 pytest.importorskip('apache_beam')

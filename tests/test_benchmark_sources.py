@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
+import corpus
 import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-import corpus
 from superclip_jax.data import benchmark_sources, build, pipeline, records
 from superclip_jax.errors import UserError
 from superclip_jax.evals import retrieval

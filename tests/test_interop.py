@@ -19,9 +19,9 @@ try:
 except ImportError as e:  # pragma: no cover
   pytest.skip(f'interop tests need open_clip (requirements-interop.txt): {e}', allow_module_level=True)
 
+import corpus  # noqa: E402
 import jax  # noqa: E402
 
-import corpus  # noqa: E402
 from superclip_jax import convert, export  # noqa: E402
 from superclip_jax.errors import UserError  # noqa: E402
 from superclip_jax.interop import conversions, tensors  # noqa: E402

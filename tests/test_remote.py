@@ -9,10 +9,10 @@ import os
 import sys
 import threading
 
+import corpus
 import pytest
 from PIL import Image
 
-import corpus
 from superclip_jax.data import build, remote
 
 
@@ -103,7 +103,7 @@ def test_folders_over_http(server, tmp_path):
     for i in range(2):
       Image.fromarray(corpus.picture(10 * label + i)).save(root / 'pets' / name / f'{i}.jpg')
   manifest = build.build(f'folder:{url}/pets/', str(tmp_path / 'o1'), progress=False)
-  local = build.build(f"folder:{root / 'pets'}", str(tmp_path / 'o2'), progress=False)
+  build.build(f"folder:{root / 'pets'}", str(tmp_path / 'o2'), progress=False)
   assert manifest['class_names'] == ['golden_retriever', 'tabby_cat'] and manifest['num_records'] == 4
   assert _shard_bytes(tmp_path / 'o1') == _shard_bytes(tmp_path / 'o2')
   (root / 'caps').mkdir()
@@ -134,8 +134,9 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
   monkeypatch.setenv('NO_GCE_CHECK', 'true')
   monkeypatch.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
   monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
-  from gcp_storage_emulator import server as emulator
   import logging
+
+  from gcp_storage_emulator import server as emulator
   logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # each expected 404 is logged as an ERROR
   server = emulator.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
   server.start()
@@ -161,6 +162,7 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
 
 def test_missing_fsspec_driver_is_a_user_error(tmp_path, monkeypatch):
   import fsspec
+
   from superclip_jax.errors import UserError
 
   def no_driver(protocol):

@@ -4,12 +4,12 @@ same records as the folder source on the same images; COCO-style captions all ke
 import os
 import sys
 
+import corpus
 import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-import corpus
 from superclip_jax.data import benchmark_sources, build, records
 from superclip_jax.errors import UserError
 

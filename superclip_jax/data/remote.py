@@ -121,8 +121,9 @@ def _join(base: str, *parts: str) -> str:
 
 def list_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
   """sources.list_folder for a URL: items with image URLs (fetched by the workers), class names."""
-  from superclip_jax.data import sources
   import fsspec
+
+  from superclip_jax.data import sources
   check_driver(url)
   try:
     fs, root = fsspec.core.url_to_fs(url)

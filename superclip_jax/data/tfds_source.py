@@ -65,8 +65,8 @@ def _text(value) -> str | bytes:
 def _image_bytes(image) -> bytes:
   if isinstance(image, bytes):
     return image
-  from PIL import Image  # an unencoded (Tensor) image: PNG, converted to JPEG by the builder
   import numpy as np
+  from PIL import Image  # an unencoded (Tensor) image: PNG, converted to JPEG by the builder
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image).squeeze()).save(buf, format='PNG')
   return buf.getvalue()

@@ -114,15 +114,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str
   return config
 
 
-def config_value(flag: _ConfigFlag) -> ml_collections.ConfigDict:
-  """Load --config (PATH[:ARG]) and apply the --config.KEY overrides; validated."""
+def config_value(flag: _ConfigFlag, training: bool = True) -> ml_collections.ConfigDict:
+  """Load --config (PATH[:ARG]) and apply the --config.KEY overrides; validated (see config_defaults.validate)."""
   spec = flag.flag.value
   if not spec:
     raise UserError('--config is required (a config file such as configs/tiny.py)')
   path, _, arg = spec.partition(':')
   config = config_defaults.load_config_file(path, arg)
   config = apply_overrides(config, _OVERRIDES)
-  config_defaults.validate(config)
+  config_defaults.validate(config, training=training)
   return config
 
 

@@ -167,8 +167,11 @@ def flat_keys(cfg, prefix='') -> dict:
   return keys
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raise UserError for an unknown key (naming the closest valid one) or a bad value."""
+def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
+  """Raise UserError for an unknown key (naming the closest valid one) or a bad value.
+
+  training=False (a --dry_run) does not ask for the training data.
+  """
   valid = flat_keys(default_config())
   given = flat_keys(config)
   for key in given:
@@ -200,8 +203,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError("model.variant='clip' has no token classifier: set loss.cls_weight=0")
   if config.loss.idf == 'offline' and not config.loss.idf_offline_stats and config.data.kind != 'shards':
     raise UserError("loss.idf='offline' needs loss.idf_offline_stats (an .npz path) or shards")
-  if config.data.kind == 'shards' and not config.data.shards:
-    raise UserError("data.kind='shards' needs data.shards (a directory made by superclip_jax.data.build)")
+  if training and config.data.kind == 'shards' and not config.data.shards:
+    raise UserError('no training data: data.shards is empty; build shards with python -m superclip_jax.data.build '
+                    'and give them as --config.data.shards=DIR (for a recipe config: CONFIG.py:data=DIR)')
   if config.data.global_batch_size <= 0:
     raise UserError('data.global_batch_size must be positive')
   if config.optim.accum_steps < 1:

@@ -77,7 +77,7 @@ def _flops(x: float) -> str:
 def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: bool = False) -> dict[str, Any]:
   """Compile the config's train step; returns (and prints) the report."""
   jax.config.update('jax_threefry_partitionable', True)
-  config_defaults.validate(config)
+  config_defaults.validate(config, training=False)
   devices = topology_devices(topology) if topology else jax.devices()
   mesh = sharding.make_mesh(config.mesh.shape, devices)
   rules = tuple(tuple(r) for r in config.mesh.rules)

@@ -28,7 +28,7 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
   from superclip_jax.errors import UserError
   from superclip_jax.evals import embed, registry
   from superclip_jax.models.superclip import ModelConfig, ModelDef
-  config_defaults.validate(config)
+  config_defaults.validate(config, training=False)
   if not config.evals:
     raise UserError('the config lists no evaluators (config.evals)')
   jax.config.update('jax_threefry_partitionable', True)
@@ -67,7 +67,7 @@ def main(argv):
     if bool(_WORKDIR.value) == bool(_MODEL.value):
       from superclip_jax.errors import UserError
       raise UserError('give exactly one of --workdir and --model')
-    config = cli.config_value(_CONFIG)
+    config = cli.config_value(_CONFIG, training=False)
     print(json.dumps(evaluate(config, _WORKDIR.value, _MODEL.value, _STEP.value), sort_keys=True))
 
 

@@ -32,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   with cli.user_errors():
-    config = cli.config_value(_CONFIG)
+    config = cli.config_value(_CONFIG, training=not _DRY_RUN.value)
     if _DRY_RUN.value:
       from superclip_jax import dry_run
       report = dry_run.run(config, topology=_TOPOLOGY.value)

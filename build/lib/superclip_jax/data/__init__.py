@@ -1,1 +1,0 @@
-"""Data: synthetic image-text batches (until shards exist), tokenizer, records, pipeline."""

@@ -1,1 +1,0 @@
-"""Zero-shot classification, retrieval and linear-probe evaluation."""

@@ -1,1 +1,0 @@
-"""Flax NNX towers and token classifier."""

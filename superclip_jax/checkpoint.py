@@ -200,6 +200,16 @@ class PreemptionWatcher:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def checkpoint_dir(workdir: str, step: int | None = None) -> tuple[str, int]:
+  """(step directory, step): the given step's, or the newest finished one, under workdir/checkpoints."""
+  if step is None:
+    return latest_checkpoint_dir(workdir)
+  path = storage.join(storage.absolute(workdir), 'checkpoints', str(step))
+  if not storage.exists(path):
+    raise UserError(f'{workdir}: no checkpoint of step {step}')
+  return path, step
+
+
 def latest_checkpoint_dir(workdir: str) -> tuple[str, int]:
   """(path of the newest finished step directory, its step) under workdir/checkpoints."""
   directory = storage.join(storage.absolute(workdir), 'checkpoints')

@@ -46,12 +46,7 @@ def _tokenizer_description(config: dict) -> dict[str, Any]:
 
 def export(workdir: str, out: str, step: int | None = None) -> str:
   """Write MODEL from the workdir's newest (or given) checkpoint; returns out."""
-  if step is None:
-    step_dir, step = checkpoint.latest_checkpoint_dir(workdir)
-  else:
-    step_dir = storage.join(storage.absolute(workdir), 'checkpoints', str(step))
-  if not storage.exists(step_dir):
-    raise UserError(f'{step_dir}: no such checkpoint')
+  step_dir, step = checkpoint.checkpoint_dir(workdir, step)
   config = json.loads(storage.read_text(storage.join(step_dir, 'config', 'metadata')))
   cfg = ModelConfig.from_config(ml_collections.ConfigDict(config))
   params = checkpoint.read_numpy_tree(storage.join(step_dir, 'state'))['params']

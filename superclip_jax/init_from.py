@@ -30,12 +30,7 @@ def locate(path: str, step: int | None = None) -> tuple[str, str]:
     return storage.join(path, 'params'), ''
   if not storage.exists(path):
     raise UserError(f'{path}: no such directory')
-  if step is None:
-    step_dir, _ = checkpoint.latest_checkpoint_dir(path)
-  else:
-    step_dir = storage.join(storage.absolute(path), 'checkpoints', str(step))
-    if not storage.exists(step_dir):
-      raise UserError(f'{path}: no checkpoint of step {step}')
+  step_dir, _ = checkpoint.checkpoint_dir(path, step)
   return storage.join(step_dir, 'state'), 'params.'
 
 

@@ -115,6 +115,52 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
   assert init[-1]['contrastive_loss'] < straight[0]['contrastive_loss'] - 0.5
 
 
+EVAL_CONFIG = """
+from superclip_jax import config_defaults
+from superclip_jax.evals.registry import evaluator
+
+def get_config():
+  c = config_defaults.load_config_file('configs/tiny_shards.py', {shards!r})
+  c.model.image, c.model.text, c.model.embed_dim = 'mu/8', 'mu', 32
+  c.data.global_batch_size = 8
+  c.evals.zeroshot = evaluator(kind='zeroshot', shards={labelled!r}, batch_size=8)
+  c.evals.retrieval = evaluator(kind='retrieval', shards={shards!r}, batch_size=8)
+  c.evals.probe = evaluator(kind='linear_probe', shards={labelled!r}, train_shards={labelled!r}, batch_size=8)
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_evaluation_on_two_processes_gives_the_numbers_of_one(tmp_path):
+  # Each process decodes only its rows of each evaluation batch; the results are gathered.
+  import corpus
+  from PIL import Image
+
+  from superclip_jax.data import build
+  corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(21))
+  build.build(f'webdataset:{tmp_path}/in.tar', str(tmp_path / 'shards'), progress=False)
+  for label, name in enumerate(['red_thing', 'green_thing', 'blue_thing']):
+    (tmp_path / 'folder' / name).mkdir(parents=True)
+    for i in range(5):
+      Image.fromarray(corpus.picture(7 * label + i)).save(tmp_path / 'folder' / name / f'{i}.jpg')
+  build.build(f"folder:{tmp_path / 'folder'}", str(tmp_path / 'labelled'), progress=False)
+  config = tmp_path / 'eval_config.py'
+  config.write_text(EVAL_CONFIG.format(shards=str(tmp_path / 'shards'), labelled=str(tmp_path / 'labelled')))
+  overrides = ['--config.total_steps=2', '--config.log_every_steps=1', '--config.checkpoint.every_steps=0']
+  proc = subprocess.run(['bash', LAUNCH, '2', str(config), str(tmp_path / 'two'), *overrides], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', str(config), '--workdir',
+                         str(tmp_path / 'one'), *overrides], cwd=ROOT, env=_env(devices=8), capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = [{k: v for r in _rows(tmp_path / d) for k, v in r.items() if k.count('/') == 2
+              and not k.endswith('/seconds')} for d in ('two', 'one')]
+  assert len(results[0]) == 10 and results[0].keys() == results[1].keys()  # zero-shot top-1, retrieval, probe
+  for key, value in results[1].items():
+    assert results[0][key] == pytest.approx(value, abs=1e-6), key
+
+
 @pytest.mark.slow
 def test_missing_peer_ends_the_job_with_a_message(tmp_path):
   # Only process 0 of 2 is started: it must give up within the timeout, not hang.

@@ -16,7 +16,10 @@ one JSON line.
 Threads: torch.set_num_threads(N) for PyTorch. XLA's CPU client sizes its thread pool from
 the CPUs the process may run on, so the process pins itself to N CPUs
 (os.sched_setaffinity) before jax and torch are imported; both then use the same N cores
-(default: every CPU the process may use). JAX runs on one CPU device (JAX_PLATFORMS=cpu, any
+(default: every CPU the process may use). On a machine other work keeps busy, prefer
+--threads 1: PyTorch's OpenMP threads wait for each other at every op, and one descheduled
+thread stalls the rest (a tiny step measured here took 13 ms on one thread, 140-1400 ms on
+two shared cores). JAX runs on one CPU device (JAX_PLATFORMS=cpu, any
 --xla_force_host_platform_device_count removed from XLA_FLAGS).
 torch and transformers come with the interop extra: pip install -e '.[interop]'.
 """
@@ -159,7 +162,8 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   # Before jax and torch start their thread pools: the same N cores for both, one JAX CPU device.
   allowed = sorted(os.sched_getaffinity(0))
-  os.sched_setaffinity(0, allowed[:max(1, min(args.threads, len(allowed)))])
+  args.threads = max(1, min(args.threads, len(allowed)))
+  os.sched_setaffinity(0, allowed[:args.threads])
   os.environ['JAX_PLATFORMS'] = 'cpu'
   os.environ['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\S+', '', os.environ.get('XLA_FLAGS', ''))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,17 +179,21 @@ def main(argv=None) -> dict:
   jax_step = bench.Step(config)
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   step, torch_params = torch_step(args, s, batch['images'], batch['text'])
-  step()  # warm-up (the JAX step ran once in Step)
+  # Both first-step losses, on the same batch from fresh random weights: the same loss, so of the same size.
+  jax_loss = jax_step.last_metrics()['loss']  # Step ran the JAX step once
+  torch_loss = step()  # and this is PyTorch's warm-up
   times = bench.interleaved_times({'jax': jax_step, 'torch': step}, args.steps, warmup=1)
   jax_t, torch_t = statistics.median(times['jax']), statistics.median(times['torch'])
   report = {'image_size': s['image_size'], 'batch': args.batch, 'head': not args.no_head, 'threads': args.threads,
             'tiny': args.tiny, 'jax_params': count_params(jax_step.state.params), 'torch_params': torch_params,
             'jax_compile_s': jax_step.compile_seconds, 'jax_step_s': jax_t, 'torch_step_s': torch_t,
             'jax_over_torch_step_ratio': jax_t / torch_t, 'jax_images_per_sec': args.batch / jax_t,
-            'torch_images_per_sec': args.batch / torch_t, 'steps': args.steps}
+            'torch_images_per_sec': args.batch / torch_t, 'jax_first_loss': jax_loss,
+            'torch_first_loss': torch_loss, 'steps': args.steps}
   print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
         f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads")
   print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
+  print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
   print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}")
   print(json.dumps(report), flush=True)
   return report

@@ -145,8 +145,12 @@ class Step:
   def __call__(self) -> None:
     """One step (the state is donated and replaced), blocking until it is done."""
     with jax.set_mesh(self.mesh):
-      self.state, out = self.compiled(self.state, self.batch)
-    jax.block_until_ready((self.state, out))
+      self.state, self.metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, self.metrics))
+
+  def last_metrics(self) -> dict[str, float]:
+    """The latest step's metrics (loss, its terms, gradient norm, ...)."""
+    return {k: float(v) for k, v in self.metrics.compute().items()}
 
   def flops(self) -> dict[str, float]:
     """Analytic model FLOPs per step and XLA's count corrected for scans (program dots too)."""

@@ -67,4 +67,6 @@ def test_vs_pytorch_tiny_runs():
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   # The same architecture on both sides: the parameter counts agree exactly.
   assert report['jax_params'] == report['torch_params']
+  # And the same loss: from random weights on the same batch, the first losses are of the same size.
+  assert report['torch_first_loss'] == pytest.approx(report['jax_first_loss'], rel=0.3)
   assert report['jax_step_s'] > 0 and report['torch_step_s'] > 0 and report['jax_over_torch_step_ratio'] > 0

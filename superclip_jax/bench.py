@@ -186,6 +186,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, com
   report.update(step_time_s=t, step_time_min_s=min(times['superclip']), images_per_sec=b / t,
                 images_per_sec_per_device=b / t / len(devices))
   report.update(step.flops())
+  report['loss'] = step.last_metrics()['loss']  # finite, or the timings are of a broken step
   if 'clip' in times:
     report['clip_step_time_s'] = statistics.median(times['clip'])
     report['superclip_over_clip_step_ratio'] = t / report['clip_step_time_s']

@@ -42,7 +42,7 @@ def test_bench_on_tiny_prints_every_figure_as_json():
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   missing = [k for k in KEYS if k not in report]
   assert not missing, missing
-  assert report['devices'] == 1 and report['global_batch'] == 8
+  assert report['devices'] == 1 and report['global_batch'] == 8 and np.isfinite(report['loss'])
   assert report['step_time_s'] > 0 and report['mfu'] > 0 and report['superclip_over_clip_step_ratio'] > 0
   assert report['peak_source'].startswith('measured')  # no table entry for a CPU
   assert report['images_per_sec'] == pytest.approx(8 / report['step_time_s'])

@@ -1,0 +1,203 @@
+"""superclip_jax's train step against the same model's PyTorch step, interleaved in one process on CPU.
+
+  python benchmarks/vs_pytorch.py --image_size 112 --batch 8 --steps 5 [--no_head] [--threads N]
+  python benchmarks/vs_pytorch.py --tiny --steps 2          # a smoke test of a few seconds
+
+Both sides: a ViT-B/16 image tower and CLIP's B text tower (QuickGELU, causal, 77 tokens,
+vocabulary 49408, embedding 512), the token classifier (LayerNorm + Linear(768, 49408) on the
+mean of the patch tokens after ln_post), fp32, AdamW (betas 0.9/0.98, eps 1e-6, decay on
+matrices), one fixed batch of random images and captions. The loss is CLIP's contrastive
+loss plus the classifier's softmax cross-entropy on the caption's K-hot target (uniform
+weights: loss.idf='none'). PyTorch's model is transformers' CLIPModel built from a small
+config in code (random weights, nothing downloaded). The two steps alternate, so the
+shared machine's load falls on both alike; the medians and their ratio are printed, then
+one JSON line.
+
+Threads: torch.set_num_threads(N) for PyTorch. XLA's CPU client sizes its thread pool from
+the CPUs the process may run on, so the process pins itself to N CPUs
+(os.sched_setaffinity) before jax and torch are imported; both then use the same N cores
+(default: every CPU the process may use). On a machine other work keeps busy, prefer
+--threads 1: PyTorch's OpenMP threads wait for each other at every op, and one descheduled
+thread stalls the rest (a tiny step measured here took 13 ms on one thread, 140-1400 ms on
+two shared cores). JAX runs on one CPU device (JAX_PLATFORMS=cpu, any
+--xla_force_host_platform_device_count removed from XLA_FLAGS).
+torch and transformers come with the interop extra: pip install -e '.[interop]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  """Command-line arguments."""
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--image_size', type=int, default=224, choices=(112, 224))
+  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--steps', type=int, default=5, help='timed steps of each (after one warm-up step each)')
+  p.add_argument('--no_head', action='store_true', help='plain CLIP on both sides (no token classifier)')
+  p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help='CPU cores for both')
+  p.add_argument('--tiny', action='store_true', help='tiny towers at 32 px: a smoke test')
+  return p.parse_args(argv)
+
+
+def sizes(args) -> dict:
+  """Tower sizes: ViT-B/16 + text B, or tiny ones for --tiny."""
+  if args.tiny:
+    return dict(image_size=32, patch=8, iw=64, idepth=2, iheads=2, tw=64, tdepth=2, theads=2, context=16,
+                vocab=512, embed=32)
+  return dict(image_size=args.image_size, patch=16, iw=768, idepth=12, iheads=12, tw=512, tdepth=12, theads=8,
+              context=77, vocab=49408, embed=512)
+
+
+def jax_config(args, s: dict):
+  """superclip_jax's config for the same model, loss and optimizer."""
+  from superclip_jax import config_defaults
+  c = config_defaults.default_config()
+  m = c.model
+  m.variant = 'clip' if args.no_head else 'superclip'
+  m.image_width, m.image_depth, m.image_heads, m.patch_size = s['iw'], s['idepth'], s['iheads'], s['patch']
+  m.text_width, m.text_depth, m.text_heads = s['tw'], s['tdepth'], s['theads']
+  m.image_size, m.context_length, m.vocab_size, m.embed_dim = s['image_size'], s['context'], s['vocab'], s['embed']
+  m.quick_gelu, m.compute_dtype, m.remat = True, 'float32', 'none'
+  c.tokenizer.sot_id, c.tokenizer.eot_id, c.tokenizer.pad_id = s['vocab'] - 2, s['vocab'] - 1, 0
+  c.loss.idf = 'none'
+  c.loss.cls_weight = 0.0 if args.no_head else 1.0
+  c.data.global_batch_size = args.batch
+  c.mesh.shape = (1, 1, 1)
+  c.optim.warmup_steps = 1
+  return c
+
+
+def _declare_torchvision_ops() -> None:
+  """Let transformers import beside a CPU torch and PyPI's (CUDA) torchvision wheel (tests/interop_torch.py).
+
+  That torchvision's C++ library fails to load quietly, then its unguarded fake-kernel
+  registrations for nms/qnms raise; declaring the two schemas first avoids it. No
+  torchvision op runs here.
+  """
+  import glob
+  import importlib.util
+
+  import torch
+  spec = importlib.util.find_spec('torchvision')
+  if spec is None or 'torchvision' in sys.modules:
+    return
+  libs = glob.glob(os.path.join(os.path.dirname(spec.origin), '_C*.so'))
+  try:
+    if libs:
+      torch.ops.load_library(libs[0])
+  except OSError:
+    lib = torch.library.Library('torchvision', 'DEF')
+    lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    lib.define('qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor')
+    _declare_torchvision_ops.keep = lib  # the Library must outlive the import
+
+
+def torch_step(args, s: dict, images, ids):
+  """A blocking PyTorch train step (closure) on the fixed batch, and its parameter count."""
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
+  _declare_torchvision_ops()
+  from transformers import CLIPConfig, CLIPModel
+
+  torch.manual_seed(0)
+  common = dict(hidden_act='quick_gelu')
+  cfg = CLIPConfig(
+      text_config=dict(vocab_size=s['vocab'], hidden_size=s['tw'], intermediate_size=4 * s['tw'],
+                       num_hidden_layers=s['tdepth'], num_attention_heads=s['theads'],
+                       max_position_embeddings=s['context'], bos_token_id=s['vocab'] - 2,
+                       eos_token_id=s['vocab'] - 1, pad_token_id=0, **common),
+      vision_config=dict(hidden_size=s['iw'], intermediate_size=4 * s['iw'], num_hidden_layers=s['idepth'],
+                         num_attention_heads=s['iheads'], image_size=s['image_size'], patch_size=s['patch'],
+                         **common),
+      projection_dim=s['embed'])
+  model = CLIPModel(cfg)
+  head = None if args.no_head else torch.nn.Sequential(torch.nn.LayerNorm(s['iw']), torch.nn.Linear(s['iw'], s['vocab']))
+  modules = torch.nn.ModuleList([model] + ([head] if head is not None else []))
+  params = list(modules.parameters())
+  # Decay on matrices only, as superclip_jax does (the cost is the same either way).
+  opt = torch.optim.AdamW([{'params': [p for p in params if p.ndim >= 2], 'weight_decay': 0.2},
+                           {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}],
+                          lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+  mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+  std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+  pixels = (torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255 - mean) / std
+  tokens = torch.from_numpy(np.array(ids)).long()
+  # K-hot target over the caption's distinct ordinary tokens (SOT, EOT, padding left out), uniform weights.
+  target = torch.zeros(len(ids), s['vocab'])
+  for r, row in enumerate(ids):
+    for t in set(row.tolist()) - {0, s['vocab'] - 2, s['vocab'] - 1}:
+      target[r, t] = 1.0
+  target = target / target.sum(1, keepdim=True).clamp(min=1.0)
+  labels = torch.arange(len(ids))
+
+  def step():
+    vm = model.vision_model
+    h = vm.pre_layrnorm(vm.embeddings(pixels))
+    h = vm.post_layernorm(vm.encoder(inputs_embeds=h).last_hidden_state)  # ln_post on every token
+    img = F.normalize(model.visual_projection(h[:, 0]), dim=-1)
+    txt = F.normalize(model.text_projection(model.text_model(input_ids=tokens).pooler_output), dim=-1)
+    logits = model.logit_scale.exp() * img @ txt.t()
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    if head is not None:
+      loss = loss - (target * F.log_softmax(head(h[:, 1:].mean(1)), dim=-1)).sum(1).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+      model.logit_scale.clamp_(0, 4.6052)  # CLIP's clamp to ln 100, as superclip_jax does
+    return float(loss.detach())
+
+  return step, sum(p.numel() for p in params)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  # Before jax and torch start their thread pools: the same N cores for both, one JAX CPU device.
+  allowed = sorted(os.sched_getaffinity(0))
+  args.threads = max(1, min(args.threads, len(allowed)))
+  os.sched_setaffinity(0, allowed[:args.threads])
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  os.environ['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\S+', '', os.environ.get('XLA_FLAGS', ''))
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import numpy as np
+  import torch
+
+  from superclip_jax import bench
+  from superclip_jax.models.superclip import count_params
+
+  torch.set_num_threads(args.threads)
+  s = sizes(args)
+  config = jax_config(args, s)
+  jax_step = bench.Step(config)
+  batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
+  step, torch_params = torch_step(args, s, batch['images'], batch['text'])
+  # Both first-step losses, on the same batch from fresh random weights: the same loss, so of the same size.
+  jax_loss = jax_step.last_metrics()['loss']  # Step ran the JAX step once
+  torch_loss = step()  # and this is PyTorch's warm-up
+  times = bench.interleaved_times({'jax': jax_step, 'torch': step}, args.steps, warmup=1)
+  jax_t, torch_t = statistics.median(times['jax']), statistics.median(times['torch'])
+  report = {'image_size': s['image_size'], 'batch': args.batch, 'head': not args.no_head, 'threads': args.threads,
+            'tiny': args.tiny, 'jax_params': count_params(jax_step.state.params), 'torch_params': torch_params,
+            'jax_compile_s': jax_step.compile_seconds, 'jax_step_s': jax_t, 'torch_step_s': torch_t,
+            'jax_over_torch_step_ratio': jax_t / torch_t, 'jax_images_per_sec': args.batch / jax_t,
+            'torch_images_per_sec': args.batch / torch_t, 'jax_first_loss': jax_loss,
+            'torch_first_loss': torch_loss, 'steps': args.steps}
+  print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
+        f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads")
+  print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
+  print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
+  print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}")
+  print(json.dumps(report), flush=True)
+  return report
+
+
+if __name__ == '__main__':
+  main()

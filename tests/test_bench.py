@@ -1,0 +1,72 @@
+"""The train-step benchmark and the PyTorch comparison run and report what they promise."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from superclip_jax import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ('step_time_s', 'images_per_sec', 'images_per_sec_per_device', 'model_flops_per_step', 'xla_flops_corrected',
+        'achieved_flops_per_sec', 'peak_flops_per_sec', 'peak_source', 'mfu', 'clip_step_time_s',
+        'superclip_over_clip_step_ratio', 'state_creation_s', 'lower_s', 'compile_s')
+
+
+def _env():
+  # One CPU device, as a user's plain run has (the test session forces 8).
+  return {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'} | {'JAX_PLATFORMS': 'cpu'}
+
+
+def test_interleaved_times_alternate_the_functions():
+  calls = []
+  times = bench.interleaved_times({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, 3, warmup=1)
+  assert calls == ['a', 'b'] * 4 and len(times['a']) == len(times['b']) == 3
+
+
+def test_random_ids_are_captions_of_ordinary_tokens():
+  tok = type('Tok', (), {'sot_id': 49406, 'eot_id': 49407, 'pad_id': 0})
+  ids = bench.random_ids(np.random.default_rng(0), 4, 12, 49408, tok)
+  assert ids.shape == (4, 12) and (ids[:, 0] == 49406).all() and ((ids == 49407).sum(1) == 1).all()
+
+
+def test_bench_on_tiny_prints_every_figure_as_json():
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py', '--steps', '2',
+                         '--warmup', '1', '--batch', '8', '--peak_matmul_size', '256'],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  missing = [k for k in KEYS if k not in report]
+  assert not missing, missing
+  assert report['devices'] == 1 and report['global_batch'] == 8 and np.isfinite(report['loss'])
+  assert report['step_time_s'] > 0 and report['mfu'] > 0 and report['superclip_over_clip_step_ratio'] > 0
+  assert report['peak_source'].startswith('measured')  # no table entry for a CPU
+  assert report['images_per_sec'] == pytest.approx(8 / report['step_time_s'])
+  # The token classifier adds FLOPs; the analytic count is of the same size as XLA's.
+  assert report['xla_flops_corrected'] == pytest.approx(report['model_flops_per_step'], rel=0.5)
+  assert 'SuperCLIP/CLIP' in proc.stdout and 'MFU' in proc.stdout
+
+
+def test_bench_reports_a_bad_override_in_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py',
+                         '--config.model.imag_size=64'], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2 and 'superclip_jax.bench: error:' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None or importlib.util.find_spec('transformers') is None,
+                    reason='the PyTorch comparison needs torch and transformers: the interop extra')
+def test_vs_pytorch_tiny_runs():
+  proc = subprocess.run([sys.executable, 'benchmarks/vs_pytorch.py', '--tiny', '--steps', '2'], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  # The same architecture on both sides: the parameter counts agree exactly.
+  assert report['jax_params'] == report['torch_params']
+  # And the same loss: from random weights on the same batch, the first losses are of the same size.
+  assert report['torch_first_loss'] == pytest.approx(report['jax_first_loss'], rel=0.3)
+  assert report['jax_step_s'] > 0 and report['torch_step_s'] > 0 and report['jax_over_torch_step_ratio'] > 0

@@ -23,7 +23,7 @@ train: install
 	$(BIN)/python -m superclip_jax.plot $(WORKDIR)
 
 lint: install
-	$(BIN)/ruff check superclip_jax tests configs
+	$(BIN)/ruff check superclip_jax tests configs benchmarks
 
 test: install
 	$(BIN)/python -m pytest -q

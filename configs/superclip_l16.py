@@ -1,7 +1,8 @@
 r"""SuperCLIP ViT-L/16, the paper's L-512M recipe (docs/method.md).
 Arguments as configs/superclip_b16.py (superclip_jax/recipes.py).
 
-  python -m superclip_jax.main --config configs/superclip_l16.py:data=/mnt/shards/datacomp,imagenet=/mnt/shards/imagenet_val --workdir gs://BUCKET/superclip_l16
+  python -m superclip_jax.main --config configs/superclip_l16.py:data=/mnt/shards/datacomp,\
+imagenet=/mnt/shards/imagenet_val --workdir gs://BUCKET/superclip_l16
 
 Expected (published, DataComp-1B, 512M samples seen at batch 16,384): ImageNet-1k zero-shot
 top-1 70.1 (CLIP baseline 66.1), ImageNet-v2 62.5, COCO t->i / i->t R@1 35.9 / 52.2,

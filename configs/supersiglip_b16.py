@@ -1,7 +1,8 @@
 r"""SuperSigLIP ViT-B/16: the sigmoid contrastive loss plus the token classifier (docs/method.md).
 Arguments as configs/superclip_b16.py (superclip_jax/recipes.py).
 
-  python -m superclip_jax.main --config configs/supersiglip_b16.py:data=/mnt/shards/datacomp,imagenet=/mnt/shards/imagenet_val --workdir gs://BUCKET/supersiglip_b16
+  python -m superclip_jax.main --config configs/supersiglip_b16.py:data=/mnt/shards/datacomp,\
+imagenet=/mnt/shards/imagenet_val --workdir gs://BUCKET/supersiglip_b16
 
 Expected (published, DataComp-1B, 512M samples seen at batch 16,384): ImageNet-1k zero-shot
 top-1 64.1 (SigLIP baseline 60.4), ImageNet-v2 55.9, COCO t->i / i->t R@1 32.5 / 48.6,

@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 
+import corpus
 import pytest
 from PIL import Image
 
-import corpus
 from superclip_jax import config_defaults, train
 from superclip_jax.data import build
 
@@ -23,7 +23,7 @@ def test_training_without_data_is_a_one_line_error(tmp_path, name):
   proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', f'configs/{name}', '--workdir',
                          str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-  assert 'no training data' in proc.stderr and f'CONFIG.py:data=DIR' in proc.stderr
+  assert 'no training data' in proc.stderr and 'CONFIG.py:data=DIR' in proc.stderr
 
 
 def test_superclass_uses_its_own_learning_rate_and_no_projection():

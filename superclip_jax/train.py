@@ -91,7 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
   # ---- Data: this process's rows of each global batch, from the restored step on ----------
   rows = sharding.local_rows(global_batch, mesh)
-  data = inputs.training_batches(config, rows, start_step=loop.get('data', {}).get('step', start_step))
+  data = inputs.training_batches(config, rows, start_step=start_step)  # one batch per step: the step is the position
 
   writer = _writers(config, workdir, start_step, loop)
   writer.write_hparams(config.to_dict())

@@ -128,7 +128,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     with jax.set_mesh(mesh):
       for step in range(start_step, total_steps):
         if config.profile.num_steps and step == config.profile.first_step:
-          jax.profiler.start_trace(storage.join(storage.absolute(workdir), 'profile'))
+          # xplane.pb for TensorBoard's profile plugin, and a Perfetto trace (.trace.json.gz).
+          jax.profiler.start_trace(storage.join(storage.absolute(workdir), 'profile'), create_perfetto_trace=True)
           profiling = True
         local = next(data)
         skipped_examples += int(local.pop('skipped_examples', 0))

@@ -100,6 +100,11 @@ def test_demo_trains_evaluates_and_standalone_agrees(tmp_path):
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   standalone = json.loads(proc.stdout.strip().splitlines()[-1])
+  # The demo's curves, as `make train` draws them.
+  plot = subprocess.run([sys.executable, '-m', 'superclip_jax.plot', str(workdir)], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert plot.returncode == 0, plot.stderr[-2000:]
+  assert (workdir / 'curves.png').read_bytes()[:4] == b'\x89PNG'
   assert standalone['step'] == 120
   for key, value in standalone.items():
     if key.endswith(('top1', 'top5', '_r1', '_r5', '_r10')):

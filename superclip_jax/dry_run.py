@@ -105,8 +105,12 @@ def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: b
   compile_s = time.perf_counter() - start
   kind = getattr(devices[0], 'device_kind', str(devices[0].platform))
   limit = flops.device_memory(devices[0])
+  cores = 1 + max(int(getattr(d, 'core_on_chip', 0) or 0) for d in devices)
+  if cores > 1 and limit:
+    limit //= cores  # a device is one TensorCore of a chip (no megacore): its share of the chip's memory
   report: dict[str, Any] = {
       'topology': topology or f'{len(devices)} x {kind}', 'device_kind': kind, 'devices': len(devices),
+      'chips': len(devices) // cores,
       'mesh': dict(mesh.shape), 'global_batch': config.data.global_batch_size,
       'accum_steps': int(config.optim.accum_steps), 'remat': config.model.remat,
       'parameters': count_params(model_def.shapes()), 'compile_seconds': compile_s,
@@ -123,7 +127,7 @@ def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: b
   peak = flops.peak_flops(kind)
   if peak:
     # The step time the model FLOPs imply at 50% of every chip's bf16 peak.
-    report['step_seconds_at_50pct_mfu'] = report['analytic_flops_per_step'] / (0.5 * peak * len(devices))
+    report['step_seconds_at_50pct_mfu'] = report['analytic_flops_per_step'] / (0.5 * peak * len(devices) / cores)
   if not quiet:
     print(format_report(report), flush=True)
   return report

@@ -51,6 +51,10 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
     raise UserError(f'mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, have {len(devices)}')
+  if any(getattr(d, 'core_on_chip', 0) for d in devices):
+    # One device per TensorCore (a v4/v5p topology described without megacore): jax.make_mesh
+    # refuses such devices; they are used in the order given.
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

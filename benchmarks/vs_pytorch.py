@@ -74,29 +74,10 @@ def jax_config(args, s: dict):
   return c
 
 
-def _declare_torchvision_ops() -> None:
-  """Let transformers import beside a CPU torch and PyPI's (CUDA) torchvision wheel (tests/interop_torch.py).
-
-  That torchvision's C++ library fails to load quietly, then its unguarded fake-kernel
-  registrations for nms/qnms raise; declaring the two schemas first avoids it. No
-  torchvision op runs here.
-  """
-  import glob
-  import importlib.util
-
-  import torch
-  spec = importlib.util.find_spec('torchvision')
-  if spec is None or 'torchvision' in sys.modules:
-    return
-  libs = glob.glob(os.path.join(os.path.dirname(spec.origin), '_C*.so'))
-  try:
-    if libs:
-      torch.ops.load_library(libs[0])
-  except OSError:
-    lib = torch.library.Library('torchvision', 'DEF')
-    lib.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    lib.define('qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor')
-    _declare_torchvision_ops.keep = lib  # the Library must outlive the import
+def _declare_torchvision_ops():
+  """transformers' CLIP imports torchvision: see superclip_jax/interop/torch_env.py."""
+  from superclip_jax.interop import torch_env
+  torch_env.declare_torchvision_ops()
 
 
 def torch_step(args, s: dict, images, ids):

@@ -1,37 +1,19 @@
 """Test helpers: small random PyTorch CLIP models (transformers, OpenCLIP, SuperCLIP layout) and their outputs.
 
-open_clip imports torchvision. PyPI's Linux torchvision wheels are CUDA builds whose C++
-ops (_C.so) need torch's CUDA libraries, absent from the CPU torch wheel: the library
-load fails quietly, then two unguarded fake-kernel registrations (torchvision::nms,
-torchvision::qnms) raise. Declaring those two operator schemas first lets the pure-Python
-torchvision (transforms, used by open_clip) import; no torchvision C++ op is ever run here.
+open_clip imports torchvision, which needs superclip_jax.interop.torch_env beside the CPU torch wheel.
 """
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
-
 import numpy as np
 import torch
+
+from superclip_jax.interop import torch_env
 
 
 def import_open_clip():
   """open_clip, importable beside a CPU torch with PyPI's (CUDA) torchvision wheel."""
-  spec = importlib.util.find_spec('torchvision')
-  if spec is not None and 'torchvision' not in __import__('sys').modules:
-    libs = glob.glob(os.path.join(os.path.dirname(spec.origin), '_C*.so'))
-    try:
-      if libs:
-        torch.ops.load_library(libs[0])
-    except OSError:
-      lib = torch.library.Library('torchvision', 'DEF')
-      for op in ('nms', 'qnms'):
-        schema = ('(Tensor dets, Tensor scores, float iou_threshold) -> Tensor' if op == 'nms' else
-                  '(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor')
-        lib.define(op + schema)
-      import_open_clip.keep = lib  # the Library must outlive the import
+  torch_env.declare_torchvision_ops()
   import open_clip
   return open_clip
 

@@ -21,6 +21,7 @@ _TOWERS = (('vision_model.', 'visual.'), ('text_model.', ''))
 _LAYER = re.compile(r'^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$')
 _RENAMES = {
     'vision_model.embeddings.class_embedding': 'visual.class_embedding',
+    'vision_model.embeddings.patch_embedding.weight': 'visual.conv1.weight',
     'vision_model.embeddings.position_embedding.weight': 'visual.positional_embedding',
     'vision_model.pre_layrnorm.weight': 'visual.ln_pre.weight', 'vision_model.pre_layrnorm.bias': 'visual.ln_pre.bias',
     'vision_model.post_layernorm.weight': 'visual.ln_post.weight',
@@ -32,6 +33,8 @@ _RENAMES = {
 }
 _LAYER_RENAMES = {'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj',
                   'self_attn.out_proj': 'attn.out_proj'}
+# Tensors stored the other way round in the two layouts (HF's nn.Linear keeps (out, in)).
+_TRANSPOSED = {'visual_projection.weight': 'visual.proj', 'text_projection.weight': 'text_projection'}
 _IGNORED = ('text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids')
 
 
@@ -54,12 +57,8 @@ def to_openclip(sd: dict, config: dict) -> tuple[dict, dict]:
     m = _LAYER.match(k)
     if k in _RENAMES:
       out[_RENAMES[k]] = v
-    elif k == 'vision_model.embeddings.patch_embedding.weight':
-      out['visual.conv1.weight'] = v
-    elif k == 'visual_projection.weight':
-      out['visual.proj'] = np.ascontiguousarray(v.T)
-    elif k == 'text_projection.weight':
-      out['text_projection'] = np.ascontiguousarray(v.T)
+    elif k in _TRANSPOSED:
+      out[_TRANSPOSED[k]] = np.ascontiguousarray(v.T)
     elif m:
       tower = 'visual.transformer' if m.group(1) == 'vision_model' else 'transformer'
       block, rest = f'{tower}.resblocks.{m.group(2)}', m.group(3)
@@ -93,17 +92,14 @@ def to_openclip(sd: dict, config: dict) -> tuple[dict, dict]:
 def from_openclip(sd: dict) -> dict:
   """HF CLIPModel state dict from an OpenAI-layout one (the inverse of to_openclip)."""
   inverse = {v: k for k, v in _RENAMES.items()}
+  transposed = {v: k for k, v in _TRANSPOSED.items()}
   out = {}
   for k, v in sd.items():
     m = re.match(r'^(visual\.transformer|transformer)\.resblocks\.(\d+)\.(.+)$', k)
     if k in inverse:
       out[inverse[k]] = v
-    elif k == 'visual.conv1.weight':
-      out['vision_model.embeddings.patch_embedding.weight'] = v
-    elif k == 'visual.proj':
-      out['visual_projection.weight'] = np.ascontiguousarray(v.T)
-    elif k == 'text_projection':
-      out['text_projection.weight'] = np.ascontiguousarray(v.T)
+    elif k in transposed:
+      out[transposed[k]] = np.ascontiguousarray(v.T)
     elif m:
       layer = f"{'vision_model' if m.group(1) == 'visual.transformer' else 'text_model'}.encoder.layers.{m.group(2)}"
       rest = m.group(3)

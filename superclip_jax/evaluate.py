@@ -41,8 +41,7 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
     cfg = ModelConfig.from_config(config)
     source, found = workdir, {'workdir': workdir}
   # Inference needs no token classifier (an export has none).
-  model_def = ModelDef(ModelConfig.from_dict({**cfg.to_dict(), 'variant': 'clip' if cfg.variant == 'superclip'
-                                              else cfg.variant}), seed=config.seed)
+  model_def = ModelDef(cfg.for_inference(), seed=config.seed)
   shardings = sharding.tree_shardings(model_def.logical_axes(), model_def.shapes(), mesh, rules)
   target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), model_def.shapes(),
                         shardings)

@@ -97,9 +97,7 @@ class LoadedModel:
 
   def __init__(self, directory: str):
     meta = json.loads(storage.read_text(storage.join(directory, 'model_config.json')))
-    cfg = dict(meta['model'])
-    cfg['variant'] = 'clip' if cfg['variant'] == 'superclip' else cfg['variant']  # no head at inference
-    self.config = ModelConfig.from_dict(cfg)
+    self.config = ModelConfig.from_dict(meta['model']).for_inference()
     self.model_def = ModelDef(self.config)
     params = checkpoint.read_numpy_tree(storage.join(directory, 'params'))
     # A converted SuperCLIP keeps its token classifier (for fine-tuning); inference leaves it out.

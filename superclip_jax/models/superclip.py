@@ -55,6 +55,10 @@ class ModelConfig:
         sigmoid_scale_init=config.loss.sigmoid_scale_init,
         sigmoid_bias_init=config.loss.sigmoid_bias_init)
 
+  def for_inference(self) -> 'ModelConfig':
+    """The same model without the token classifier (used in training only); SuperClass keeps it."""
+    return dataclasses.replace(self, variant='clip') if self.variant == 'superclip' else self
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 

@@ -70,3 +70,20 @@ def test_vs_pytorch_tiny_runs():
   # And the same loss: from random weights on the same batch, the first losses are of the same size.
   assert report['torch_first_loss'] == pytest.approx(report['jax_first_loss'], rel=0.3)
   assert report['jax_step_s'] > 0 and report['torch_step_s'] > 0 and report['jax_over_torch_step_ratio'] > 0
+
+
+def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):
+  # ALLOW_CPU runs the GPU script's whole path on this CPU, on tiny; no GPU means a clear refusal without it.
+  env = _env() | {'PYTHON': sys.executable, 'BATCHES': '4 8', 'IMAGE_SIZE': '32', 'STEPS': '1', 'DTYPE': 'float32'}
+  proc = subprocess.run(['bash', 'launch/bench_gpu.sh', str(tmp_path), 'configs/tiny.py', '--warmup', '0', '--no_clip',
+                         '--peak_matmul_size', '128'], cwd=ROOT, env=env | {'ALLOW_CPU': '1'}, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for batch in (4, 8):
+    report = json.loads((tmp_path / f'bench_b{batch}.json').read_text())
+    assert report['global_batch'] == batch and report['compute_dtype'] == 'float32' and report['mfu'] > 0
+  summary = proc.stdout.strip().splitlines()[-2:]
+  assert summary[0].startswith('batch 4:') and summary[1].startswith('batch 8:') and 'MFU' in summary[1]
+  refused = subprocess.run(['bash', 'launch/bench_gpu.sh', str(tmp_path / 'x')], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+  assert refused.returncode == 2 and 'no GPU' in refused.stderr

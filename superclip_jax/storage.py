@@ -42,6 +42,10 @@ def read_text(path: str) -> str:
   return Path(path).read_text()
 
 
+def read_bytes(path: str) -> bytes:
+  return Path(path).read_bytes()
+
+
 def write_text(path: str, text: str) -> None:
   """Write a whole file: atomically (temporary + rename) locally; one object upload in a bucket."""
   if is_remote(path):
@@ -52,6 +56,30 @@ def write_text(path: str, text: str) -> None:
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, absolute(path))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """write_text for bytes: atomic locally, one object upload in a bucket."""
+  if is_remote(path):
+    Path(path).write_bytes(data)
+    return
+  os.makedirs(os.path.dirname(absolute(path)) or '.', exist_ok=True)
+  tmp = absolute(path) + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, absolute(path))
+
+
+def upload(local_path: str, path: str) -> None:
+  """Copy a local file to path (a URL, or a local path) without reading it into memory."""
+  if not is_remote(path):
+    import shutil
+    os.makedirs(os.path.dirname(absolute(path)) or '.', exist_ok=True)
+    shutil.copyfile(local_path, absolute(path))
+    return
+  import fsspec
+  fs, target = fsspec.core.url_to_fs(path)
+  fs.put_file(local_path, target)
 
 
 def exists(path: str) -> bool:

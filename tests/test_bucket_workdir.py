@@ -33,6 +33,7 @@ def emulator():
   env.update({
       'STORAGE_EMULATOR_HOST': url,  # gcsfs and google-cloud-storage
       'TENSORSTORE_GCS_HTTP_URL': url,  # tensorstore's gcs driver (Orbax's arrays)
+      'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,  # google-cloud-cpp: array_record's reader of gs:// shards
       'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'dummy',  # tensorstore: no credential lookup
       'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',  # gcsfs: no gRPC bucket-type probe (60 s per call here)
       'FSSPEC_GCS_TOKEN': 'anon', 'NO_GCE_CHECK': 'true',

@@ -136,6 +136,67 @@ def test_resumable_and_reproducible(tmp_path):
   assert {p: (tmp_path / 'again' / p).read_bytes() for p in first} == first
 
 
+def _recaptioned(members, text):
+  """The members with every caption replaced: tells a later copy of a key from the first."""
+  return [(name, text.encode() if name.endswith('.txt') else data) for name, data in members]
+
+
+def _shard_bytes(out):
+  return {p: (out / p).read_bytes() for p in sorted(os.listdir(out)) if p.endswith(('.array_record', '.npy', '.json'))}
+
+
+def test_a_key_in_two_tars_is_kept_once_in_input_order(tmp_path):
+  corpus.write_tar(str(tmp_path / 'in' / '00000.tar'), corpus.good_members(4))
+  corpus.write_tar(str(tmp_path / 'in' / '00001.tar'), corpus.good_members(2, start=4)
+                   + _recaptioned(corpus.good_members(1, start=1), 'a later copy') + corpus.good_members(1, start=6))
+  # A key of the tar before, two new keys, and the first new key again inside the same tar.
+  corpus.write_tar(str(tmp_path / 'in' / '00002.tar'), _recaptioned(corpus.good_members(1, start=5), 'a later copy')
+                   + corpus.good_members(2, start=7) + _recaptioned(corpus.good_members(1, start=7), 'a later copy'))
+  src = f"webdataset:{tmp_path}/in/{{00000..00002}}.tar"
+  out = tmp_path / 'out'
+  manifest = build.build(src, str(out), workers=3, progress=False)
+  assert [s['num_records'] for s in manifest['shards']] == [4, 3, 2]
+  assert manifest['skipped'] == {'duplicate_key': 3}  # two across tars, one within a tar
+  _, recs = _all_records(str(out))
+  assert [r['key'] for r in recs] == [f'{i:06d}' for i in range(9)]
+  assert all(r['caption'] != 'a later copy' for r in recs)
+  lines = manifest['skip_examples']['duplicate_key']
+  assert any('00001.tar: 000001' in line and 'first in ' + str(tmp_path / 'in' / '00000.tar') in line for line in lines)
+  assert any('00002.tar: 000005' in line and '00001.tar' in line for line in lines)
+  n, _ = records.read_doc_freq(str(out))
+  assert n == 9
+  # One worker finishes the tars in another order: the same output.
+  build.build(src, str(tmp_path / 'serial'), workers=1, progress=False)
+  assert _shard_bytes(tmp_path / 'serial') == _shard_bytes(out)
+  # A resumed build re-reads the keys it lost and drops the same duplicates.
+  for name in ('shard-00002.stats.json', 'shard-00002.array_record', 'shard-00001.keys.json'):
+    (out / name).unlink()
+  assert build.build(src, str(out), workers=2, progress=False) == manifest
+  assert _shard_bytes(out) == _shard_bytes(tmp_path / 'serial')
+
+
+def test_find_duplicates_names_the_first_occurrence():
+  keys = {'a': ['x', 'y'], 'b': ['z', 'y', 'w'], 'c': ['w', 'x', 'v'], 'd': []}
+  tasks = [{'name': n, 'source': f'{n}.tar'} for n in keys]
+  build.find_duplicates(tasks, lambda task: keys[task['name']])
+  assert [t.get('duplicate_keys') for t in tasks] == [None, {'y': 'a.tar'}, {'w': 'b.tar', 'x': 'a.tar'}, None]
+
+
+def test_folder_rows_repeating_an_image_and_chunks(tmp_path):
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  for i in range(3):
+    Image.fromarray(corpus.picture(i)).save(folder / f'{i}.jpg')
+  # Several captions of one image, across --records-per-shard chunks: each is its own sample.
+  rows = [('0.jpg', 'zero'), ('1.jpg', 'one'), ('0.jpg', 'zero again'), ('2.jpg', 'two'), ('0.jpg', 'zero thrice')]
+  (folder / 'captions.jsonl').write_text('\n'.join(json.dumps({'image': i, 'caption': c}) for i, c in rows))
+  manifest = build.build(f'folder:{folder}', str(tmp_path / 'out'), records_per_shard=2, progress=False)
+  assert manifest['skipped'] == {} and manifest['num_records'] == 5
+  _, recs = _all_records(str(tmp_path / 'out'))
+  assert [(r['key'], r['caption']) for r in recs] == [('0.jpg', 'zero'), ('1.jpg', 'one'), ('0.jpg#1', 'zero again'),
+                                                      ('2.jpg', 'two'), ('0.jpg#2', 'zero thrice')]
+
+
 def test_unreadable_manifest_and_missing_inputs_name_the_file(tmp_path):
   (tmp_path / 'manifest.json').write_text('{not json')
   with pytest.raises(ValueError, match='manifest.json'):

@@ -13,7 +13,7 @@ import corpus
 import pytest
 from PIL import Image
 
-from superclip_jax.data import build, remote
+from superclip_jax.data import build, records, remote
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -72,15 +72,16 @@ def test_tars_over_http_build_like_local_ones(server, tmp_path):
 
 def test_failed_downloads_are_retried_then_counted(server, tmp_path):
   root, url = server
-  for name in ('good', 'flaky-ok', 'cut-tar'):
-    corpus.write_tar(str(root / f'{name}.tar'), corpus.good_members(3))
+  for i, name in enumerate(('good', 'flaky-ok', 'cut-tar')):
+    corpus.write_tar(str(root / f'{name}.tar'), corpus.good_members(3, start=3 * i))
   manifest = build.build(f'webdataset:{url}/{{good,flaky-ok,missing,cut-tar}}.tar', str(tmp_path / 'out'),
                          workers=1, progress=False)
   assert manifest['num_records'] == 6  # good + flaky-ok (third attempt)
   assert manifest['skipped'] == {'unreadable_tar': 2}  # 404, and a body cut short on every attempt
-  assert _Handler.hits['/flaky-ok.tar'] == 3
-  assert _Handler.hits['/missing.tar'] == 1  # not found is not retried
-  assert _Handler.hits['/cut-tar.tar'] == remote.RETRIES + 1
+  # Each tar is read twice: for its keys (the duplicate check), then for the shard.
+  assert _Handler.hits['/flaky-ok.tar'] == 3 + 1
+  assert _Handler.hits['/missing.tar'] == 2  # not found is not retried
+  assert _Handler.hits['/cut-tar.tar'] == 2 * (remote.RETRIES + 1)
   lines = manifest['skip_examples']['unreadable_tar']
   assert any('missing.tar' in line for line in lines) and any('cut-tar.tar' in line for line in lines)
 
@@ -171,3 +172,47 @@ def test_missing_fsspec_driver_is_a_user_error(tmp_path, monkeypatch):
   with pytest.raises(UserError, match='s3fs'):
     build.build('webdataset:s3://bucket/{0..1}.tar', str(tmp_path / 'out'), progress=False)
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+  """An S3 API on 127.0.0.1 (moto's server) with an empty bucket; s3fs reaches it through botocore's env vars."""
+  pytest.importorskip('s3fs', reason='s3:// needs s3fs')
+  moto_server = pytest.importorskip('moto.server', reason='pip install "moto[server]"')
+  import socket
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  server = moto_server.ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
+  server.start()
+  # Environment, not fsspec.config: the build's worker processes (spawned) read it too.
+  for name, value in {'AWS_ENDPOINT_URL': f'http://127.0.0.1:{port}', 'AWS_ACCESS_KEY_ID': 'testing',
+                      'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
+  import s3fs
+  fs = s3fs.S3FileSystem(skip_instance_cache=True)
+  fs.mkdir('bucket')
+  yield fs
+  s3fs.S3FileSystem.clear_instance_cache()  # its clients point at this server
+  server.stop()
+
+
+def test_tars_on_s3_build_like_local_ones_and_shards_go_to_s3(s3, tmp_path):
+  for i in range(2):
+    tar = corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(4, start=3 * i))  # key 3 twice
+    s3.put_file(tar, f'bucket/tars/{i:05d}.tar')
+  local = build.build(f'webdataset:{tmp_path}/in/{{00000..00001}}.tar', str(tmp_path / 'local'), workers=2,
+                      progress=False)
+  manifest = build.build('webdataset:s3://bucket/tars/*.tar', str(tmp_path / 's3'), workers=2, progress=False)
+  assert [s['source'] for s in manifest['shards']] == ['s3://bucket/tars/00000.tar', 's3://bucket/tars/00001.tar']
+  assert manifest['num_records'] == 7 and manifest['skipped'] == {'duplicate_key': 1}
+  assert _shard_bytes(tmp_path / 's3') == _shard_bytes(tmp_path / 'local')
+  for field in ('num_records', 'skipped', 'repaired', 'tokenizer'):
+    assert manifest[field] == local[field], field
+  # The same shards written to the bucket (--out s3://), and the manifest read back from there.
+  uploaded = build.build('webdataset:s3://bucket/tars/*.tar', 's3://bucket/shards', workers=1, progress=False)
+  assert uploaded == manifest
+  assert records.read_manifest('s3://bucket/shards')['num_records'] == 7
+  assert {p: s3.cat(f'bucket/shards/{p}') for p in _shard_bytes(tmp_path / 'local')} == _shard_bytes(tmp_path / 'local')
+  assert records.read_doc_freq('s3://bucket/shards')[1].tolist() == records.read_doc_freq(str(tmp_path / 'local'))[1].tolist()

@@ -9,7 +9,18 @@ One output shard per input tar (or per --records-per-shard items of a folder, be
 or TFDS split), built in parallel worker processes. A finished shard is recorded by its
 `.stats.json`, so an interrupted build resumes where it stopped; the output depends only
 on the inputs and options (reproducible). Bad inputs are skipped or repaired and counted
-by reason in the manifest.
+by reason in the manifest. --out may be a URL (gs://, s3://): shards are written in a
+local temporary folder and uploaded, so every worker of a distributed runner can write.
+
+A sample key seen earlier in the input order (earlier in the same tar, or in any earlier
+tar or folder chunk) is skipped as 'duplicate_key'. Workers build shards independently,
+so this takes two passes over the tasks: the first lists each task's keys (cached in
+`NAME.keys.json`), then the driver finds every key's first occurrence, and each shard
+task is told which of its keys came earlier (see `find_duplicates`). A pass before the
+shards rather than a merge that rewrites them after: a finished shard stays final (resume
+and the stats.json marks rely on it), and a duplicate is dropped before its image is
+decoded, as within a tar. The price is reading each input twice (a local tar's second read
+is cheap next to decoding; a remote one is downloaded twice).
 """
 
 from __future__ import annotations
@@ -18,18 +29,25 @@ import argparse
 import collections
 import concurrent.futures
 import functools
+import hashlib
+import io
+import json
 import multiprocessing
 import os
 import sys
-from typing import Any, Iterable
+import tempfile
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from superclip_jax import storage
 from superclip_jax.data import benchmark_sources, images, records, remote, sources, tfds_source
 from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
+# Skips whose 'key' names no sample (a member name, a whole tar) or one already counted as a duplicate.
+_NOT_SAMPLES = frozenset({'unsafe_path', 'truncated_tar', 'unreadable_tar', 'duplicate_key'})
 
 
 def _shard_name(i: int) -> str:
@@ -55,15 +73,89 @@ def _tokenizer(spec: str, context_length: int):
   return tokenizer_lib.load_tokenizer(spec, context_length)
 
 
+def _stats_path(out_dir: str, task: dict[str, Any]) -> str:
+  return storage.join(out_dir, task['name'] + '.stats.json')
+
+
+def _keys_path(out_dir: str, task: dict[str, Any]) -> str:
+  return storage.join(out_dir, task['name'] + '.keys.json')
+
+
+def read_stats(out_dir: str, task: dict[str, Any]) -> dict[str, Any]:
+  path = _stats_path(out_dir, task)
+  try:
+    return json.loads(storage.read_text(path))
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path}: unreadable shard stats ({e}); delete it to rebuild that shard') from e
+
+
+def task_keys(task: dict[str, Any]) -> list[str]:
+  """The keys of the samples a task reads, in order (what build_shard would see, images not decoded)."""
+  return [str(item.get('key')) for item in _items(task) if item.get('skip') not in _NOT_SAMPLES]
+
+
+def list_keys(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> None:
+  """First pass: save task_keys beside the shards, unless a previous (interrupted) build did."""
+  del options  # one signature for both passes
+  path = _keys_path(out_dir, task)
+  if not storage.exists(path):
+    records.write_json_atomic(path, task_keys(task))
+
+
+def _digests(keys: list[str]) -> np.ndarray:
+  """128-bit hashes of the keys, (n, 2) uint64: a fixed 16 bytes per key however long, collisions negligible."""
+  raw = b''.join(hashlib.blake2b(k.encode('utf-8', 'surrogatepass'), digest_size=16).digest() for k in keys)
+  return np.frombuffer(raw, np.uint64).reshape(-1, 2)
+
+
+def find_duplicates(tasks: list[dict[str, Any]], load_keys: Callable[[dict[str, Any]], list[str]]) -> None:
+  """Sets each task's 'duplicate_keys': {key: source of its first occurrence} for keys an earlier task read.
+
+  The first occurrence in the input order wins, so the result does not depend on which worker
+  finished first. The driver holds only 16-byte hashes (some 50 bytes a key while sorting: 100M keys, 5 GB);
+  keys are re-read only for the tasks that have duplicates.
+  """
+  hashes = [_digests(load_keys(t)) for t in tasks]
+  if not hashes:
+    return
+  owner = np.repeat(np.arange(len(tasks)), [len(h) for h in hashes])
+  _, first, inverse = np.unique(np.concatenate(hashes), axis=0, return_index=True, return_inverse=True)
+  first_owner = owner[first][inverse.reshape(-1)]
+  start = 0
+  for i, task in enumerate(tasks):
+    stop = start + len(hashes[i])
+    earlier = np.nonzero(first_owner[start:stop] < i)[0]
+    if len(earlier):
+      keys = load_keys(task)
+      task['duplicate_keys'] = {keys[j]: tasks[first_owner[start + j]].get('source', '') for j in earlier}
+    start = stop
+
+
 def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> dict[str, Any]:
-  """Write one shard; returns (and saves) its stats. Skips the work if already finished."""
+  """Write one shard; returns (and saves) its stats. Skips the work if already finished.
+
+  For a URL out_dir the shard is made in a local temporary folder (the ArrayRecord writer
+  needs a file) and uploaded, its .stats.json last: that object marks the shard finished.
+  """
+  stats_path = _stats_path(out_dir, task)
+  if storage.exists(stats_path):
+    return read_stats(out_dir, task)
+  if not storage.is_remote(out_dir):
+    return _write_shard(task, out_dir, options)
+  with tempfile.TemporaryDirectory(prefix='superclip_shard_') as tmp:
+    stats = _write_shard(task, tmp, options)
+    for suffix in ('.array_record', '.df.npy', '.stats.json'):
+      storage.upload(os.path.join(tmp, task['name'] + suffix), storage.join(out_dir, task['name'] + suffix))
+  return stats
+
+
+def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> dict[str, Any]:
+  """build_shard into a local folder."""
   from array_record.python.array_record_module import ArrayRecordWriter
   name = task['name']
   stats_path = os.path.join(out_dir, name + '.stats.json')
-  if os.path.exists(stats_path):
-    import json
-    with open(stats_path) as f:
-      return json.load(f)
+  earlier = task.get('duplicate_keys', {})
+  seen: set[str] = set()  # a folder chunk's items may repeat a key; a tar's reader drops repeats itself
   tok = _tokenizer(options['tokenizer'], options['context_length'])
   vocab = tok.vocab_size
   doc_freq = np.zeros(vocab, np.int64)
@@ -77,6 +169,11 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
   try:
     for item in _items(task):
       key = str(item.get('key'))
+      if item.get('skip') not in _NOT_SAMPLES:
+        if key in earlier or key in seen:
+          # Like a key repeated within a tar: the later sample is dropped before it is read.
+          item = {'key': key, 'skip': 'duplicate_key', 'detail': f'first in {earlier.get(key) or "this input"}'}
+        seen.add(key)
       try:
         if 'skip' in item:
           raise images.SkipRecord(item['skip'], item.get('detail', ''))
@@ -168,7 +265,7 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
           long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
           progress: bool = True, runner: str = 'local') -> dict[str, Any]:
-  """Build (or finish building) the shards of `source` in out_dir; returns the manifest."""
+  """Build (or finish building) the shards of `source` in out_dir (a folder or a URL); returns the manifest."""
   if runner not in ('local', 'beam'):
     raise UserError(f"--runner {runner!r}: expected 'local' or 'beam'")
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
@@ -176,14 +273,21 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   tasks, classes = plan_tasks(source, records_per_shard, template, data_dir)
   options = {'tokenizer': tokenizer, 'context_length': context_length,
              'long_context_length': long_context_length, 'max_side': max_side}
-  created = not os.path.exists(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  if storage.is_remote(out_dir):
+    remote.check_driver(out_dir)
+  created = not storage.exists(out_dir)
+  storage.makedirs(out_dir)
+  run = functools.partial(_run_beam if runner == 'beam' else _run_local, out_dir=out_dir, options=options,
+                          workers=workers, progress=progress)
   try:
-    if runner == 'beam':
-      from superclip_jax.data import beam_runner
-      stats = beam_runner.run(tasks, out_dir, options, workers)
-    else:
-      stats = _run_local(tasks, out_dir, options, workers, progress)
+    pending = [i for i, task in enumerate(tasks) if not storage.exists(_stats_path(out_dir, task))]
+    if pending:
+      # Only the tasks up to the last unfinished one decide its duplicates.
+      listed = tasks[:pending[-1] + 1]
+      run(list_keys, listed, desc='listing keys')
+      find_duplicates(listed, lambda task: json.loads(storage.read_text(_keys_path(out_dir, task))))
+      run(build_shard, [tasks[i] for i in pending], desc='building')
+    stats = [read_stats(out_dir, task) for task in tasks]
     return write_manifest(out_dir, stats, tok, classes, source, options)
   except BaseException:
     _remove_if_unfinished(out_dir, created)
@@ -197,28 +301,34 @@ def _remove_if_unfinished(out_dir: str, created: bool) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _run_local(tasks, out_dir, options, workers, progress) -> list[dict[str, Any]]:
-  """build_shard over the tasks in worker processes; their stats in task order."""
+def _run_beam(step, tasks, *, out_dir, options, workers, progress, desc) -> None:
+  del progress, desc  # Beam reports its own progress
+  from superclip_jax.data import beam_runner
+  beam_runner.run(step, tasks, out_dir, options, workers)
+
+
+def _run_local(step, tasks, *, out_dir, options, workers, progress, desc) -> None:
+  """step(task, out_dir, options) for every task: listing in threads (I/O), building in worker processes."""
   workers = workers or min(len(tasks), os.cpu_count() or 1)
-  results: dict[str, dict[str, Any]] = {}
   bar = None
   if progress:
     from tqdm import tqdm
-    bar = tqdm(total=len(tasks), desc=f'building {out_dir}', unit='shard', file=sys.stderr)
+    bar = tqdm(total=len(tasks), desc=f'{desc} {out_dir}', unit='shard', file=sys.stderr)
   if workers <= 1 or len(tasks) <= 1:
     for task in tasks:
-      results[task['name']] = build_shard(task, out_dir, options)
+      step(task, out_dir, options)
       bar and bar.update()
   else:
-    ctx = multiprocessing.get_context('spawn')  # no inherited threads or locks
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      futures = {pool.submit(build_shard, task, out_dir, options): task['name'] for task in tasks}
-      for future in concurrent.futures.as_completed(futures):
-        results[futures[future]] = future.result()
+    if step is list_keys:
+      pool = concurrent.futures.ThreadPoolExecutor(workers)
+    else:
+      pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
+    with pool:  # spawn: no inherited threads or locks
+      for future in concurrent.futures.as_completed([pool.submit(step, task, out_dir, options) for task in tasks]):
+        future.result()
         bar and bar.update()
   if bar:
     bar.close()
-  return [results[t['name']] for t in tasks]
 
 
 def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[str, Any]:
@@ -227,13 +337,16 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
   skipped, repaired = collections.Counter(), collections.Counter()
   examples: dict[str, list[str]] = {}
   for stats in shard_stats:
-    doc_freq += np.load(os.path.join(out_dir, stats['file'].replace('.array_record', '.df.npy')))
+    df_path = storage.join(out_dir, stats['file'].replace('.array_record', '.df.npy'))
+    doc_freq += np.load(io.BytesIO(storage.read_bytes(df_path)))
     skipped.update(stats['skipped'])
     repaired.update(stats['repaired'])
     for reason, lines in stats.get('skip_examples', {}).items():
       examples.setdefault(reason, []).extend(lines[: _DETAIL_LIMIT - len(examples.get(reason, []))])
   num = sum(s['num_records'] for s in shard_stats)
-  np.savez(os.path.join(out_dir, records.DOC_FREQ), doc_freq=doc_freq, num_samples=num)
+  buf = io.BytesIO()
+  np.savez(buf, doc_freq=doc_freq, num_samples=num)
+  storage.write_bytes(storage.join(out_dir, records.DOC_FREQ), buf.getvalue())
   manifest = {
       'format': records.FORMAT,
       'num_records': num,
@@ -249,7 +362,7 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
       'idf_stats': records.DOC_FREQ,
       'builder': {'source': source, 'max_side': options['max_side']},
   }
-  records.write_json_atomic(os.path.join(out_dir, records.MANIFEST), manifest)
+  records.write_json_atomic(storage.join(out_dir, records.MANIFEST), manifest)
   return manifest
 
 
@@ -257,7 +370,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.build', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--source', required=True)
-  parser.add_argument('--out', required=True)
+  parser.add_argument('--out', required=True, help='a folder, or a URL every worker can write (gs://, s3://)')
   parser.add_argument('--tokenizer', default='clip', help="'clip' or a tokenizer.json path")
   parser.add_argument('--context-length', type=int, default=77)
   parser.add_argument('--long-context-length', type=int, default=256)

@@ -16,13 +16,14 @@ document frequencies over the captions that feed the classifier; `loss.idf='offl
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from superclip_jax import storage
 from superclip_jax.errors import UserError
 
 FORMAT = 'superclip_jax.records.v1'
@@ -49,13 +50,13 @@ def decode_record(data: bytes) -> dict[str, Any]:
 
 
 def read_manifest(directory: str) -> dict[str, Any]:
-  """The manifest of a shard directory, with shard paths made absolute; clear errors naming the file."""
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  """The manifest of a shard directory (a local path or a URL such as gs://), with each shard's path;
+  clear errors naming the file."""
+  path = storage.join(directory, MANIFEST)
+  if not storage.exists(path):
     raise UserError(f'{path}: no manifest; build shards with `python -m superclip_jax.data.build`')
   try:
-    with open(path) as f:
-      manifest = json.load(f)
+    manifest = json.loads(storage.read_text(path))
   except (OSError, ValueError) as e:
     raise UserError(f'{path}: unreadable manifest ({e})') from e
   if manifest.get('format') != FORMAT:
@@ -64,8 +65,8 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if key not in manifest:
       raise UserError(f'{path}: missing key {key!r}')
   for shard in manifest['shards']:
-    shard['path'] = os.path.join(directory, shard['file'])
-    if not os.path.exists(shard['path']):
+    shard['path'] = storage.join(directory, shard['file'])
+    if not storage.exists(shard['path']):
       raise UserError(f'{shard["path"]} listed in {path} does not exist')
   manifest['directory'] = directory
   return manifest
@@ -73,20 +74,17 @@ def read_manifest(directory: str) -> dict[str, Any]:
 
 def read_doc_freq(directory: str) -> tuple[int, np.ndarray]:
   """(number of captions, per-token document frequency) of a shard directory."""
-  path = os.path.join(directory, DOC_FREQ)
+  path = storage.join(directory, DOC_FREQ)
   try:
-    stats = np.load(path)
+    stats = np.load(io.BytesIO(storage.read_bytes(path)))
     return int(stats['num_samples']), stats['doc_freq']
   except (OSError, KeyError, ValueError) as e:
     raise UserError(f'{path}: unreadable document frequencies ({e})') from e
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Write JSON so that a crash leaves either the old file or the new one, never half."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
-  os.replace(tmp, path)
+  """Write JSON so that a crash leaves either the old file or the new one, never half (a bucket: one upload)."""
+  storage.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def fit_ids(ids, length: int, *, eot_id: int, pad_id: int) -> np.ndarray:

@@ -130,18 +130,29 @@ def parse_jsonl(lines, name: str) -> list[dict[str, Any]]:
 
 def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join,
                     exists=os.path.exists) -> list[dict[str, Any]]:
-  """Items of caption rows ({"image": relative path, "caption": ...}); exists=None: do not check."""
+  """Items of caption rows ({"image": relative path, "caption": ...}); exists=None: do not check.
+
+  Rows naming an image again (more captions of it) are keyed 'IMAGE#1', 'IMAGE#2', ... as the
+  Karpathy sources do: keys stay unique, so no caption is taken for a duplicate sample, and the
+  retrieval evaluator groups the captions of one image by the part before '#'.
+  """
   items = []
+  repeats: dict[str, int] = {}
   for n, row in enumerate(rows):
     rel = row.get('image') or row.get('file') or row.get('filename')
     if not rel:
       raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
     path = join(directory, rel)
-    if _unsafe(rel) or (exists is not None and not exists(path)):
-      items.append({'key': rel, 'skip': 'unsafe_path' if _unsafe(rel) else 'missing_image'})
+    if _unsafe(rel):
+      items.append({'key': rel, 'skip': 'unsafe_path'})
+      continue
+    k = repeats[rel] = repeats.get(rel, -1) + 1
+    key = f'{rel}#{k}' if k else rel
+    if exists is not None and not exists(path):
+      items.append({'key': key, 'skip': 'missing_image'})
       continue
     label = row.get('label', -1)
-    items.append({'key': rel, 'image_path': path, 'caption': row.get('caption', row.get('text')),
+    items.append({'key': key, 'image_path': path, 'caption': row.get('caption', row.get('text')),
                   'long_caption': row.get('long_caption') or '',
                   'label': int(label) if str(label).lstrip('-').isdigit() else -1})
   return items

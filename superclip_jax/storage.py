@@ -48,18 +48,11 @@ def read_bytes(path: str) -> bytes:
 
 def write_text(path: str, text: str) -> None:
   """Write a whole file: atomically (temporary + rename) locally; one object upload in a bucket."""
-  if is_remote(path):
-    Path(path).write_text(text)
-    return
-  os.makedirs(os.path.dirname(absolute(path)) or '.', exist_ok=True)
-  tmp = absolute(path) + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, absolute(path))
+  write_bytes(path, text.encode())
 
 
 def write_bytes(path: str, data: bytes) -> None:
-  """write_text for bytes: atomic locally, one object upload in a bucket."""
+  """Write a whole file: atomically (temporary + rename) locally; one object upload in a bucket."""
   if is_remote(path):
     Path(path).write_bytes(data)
     return

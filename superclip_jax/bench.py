@@ -116,7 +116,7 @@ class Step:
     from superclip_jax import config_defaults, idf, optim, sharding, train_state, train_step
     from superclip_jax.models.superclip import ModelConfig, ModelDef
     jax.config.update('jax_threefry_partitionable', True)
-    config_defaults.validate(config)
+    config_defaults.validate(config, training=False)  # timed on a synthetic batch: no data needed
     self.config = config
     self.mesh = mesh = sharding.make_mesh(config.mesh.shape)
     rules = tuple(tuple(r) for r in config.mesh.rules)
@@ -251,7 +251,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = {name: flag.value for name, flag in _FLAGS.items() if name != 'config'}
   with cli.user_errors():
-    config = cli.config_value(_FLAGS['config'])
+    config = cli.config_value(_FLAGS['config'], training=False)  # a synthetic batch: no data needed
     if f['batch']:
       config.data.global_batch_size = f['batch']
     if f['image_size']:

@@ -51,6 +51,18 @@ def test_bench_on_tiny_prints_every_figure_as_json():
   assert 'SuperCLIP/CLIP' in proc.stdout and 'MFU' in proc.stdout
 
 
+def test_bench_times_a_recipe_config_without_its_data():
+  # The recipe (shards and evaluations required for training) shrunk by overrides: no data= needed to time it.
+  shrink = ['--config.model.image=mu/8', '--config.model.text=mu', '--config.model.embed_dim=32',
+            '--config.model.compute_dtype=float32', '--config.model.remat=none']
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/superclip_b16.py', '--steps',
+                         '1', '--warmup', '0', '--batch', '4', '--image_size', '32', '--no_clip', '--peak_matmul_size',
+                         '128', *shrink], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['global_batch'] == 4 and report['config_variant'] == 'superclip' and np.isfinite(report['loss'])
+
+
 def test_bench_reports_a_bad_override_in_one_line():
   proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py',
                          '--config.model.imag_size=64'], cwd=ROOT, env=_env(), capture_output=True, text=True,

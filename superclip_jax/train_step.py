@@ -100,6 +100,12 @@ def make_loss_fn(model_def: ModelDef, config: ml_collections.ConfigDict, rules) 
   return full if k == 1 else accumulated
 
 
+def global_norm(tree) -> jax.Array:
+  """The L2 norm over every leaf, each leaf's square sum as a dot: optax.tree.norm's x * x
+  is shared with Adam's second moment and gets materialised in full (XLA CPU)."""
+  return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree)))
+
+
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     config: ml_collections.ConfigDict, metrics_collection, rules) -> Callable:
   """The un-jitted step function (state, batch) -> (state, metrics collection)."""
@@ -113,22 +119,28 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
       batch = {key: sharding.constrain(v, ('batch',) + (None,) * (v.ndim - 1)) for key, v in batch.items()}
       targets, counts = _token_targets(config, cfg, state, batch)
       (total, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, targets)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if cfg.contrastive == 'softmax':
-      # CLIP clamps the log-temperature to [0, ln 100] after every optimiser step.
-      params = {**params, 'logit_scale': jnp.clip(params['logit_scale'], 0.0, logit_scale_max)}
+    grad_norm = global_norm(grads)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+
+    def update(params, opt_state, counts):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      if cfg.contrastive == 'softmax':
+        # CLIP clamps the log-temperature to [0, ln 100] after every optimiser step.
+        params = {**params, 'logit_scale': jnp.clip(params['logit_scale'], 0.0, logit_scale_max)}
+      return params, opt_state, counts
+
     # A NaN/Inf loss or gradient never reaches the state: the update (and the batch's IDF
     # counts) are dropped and the step recorded; the host stops or goes on (config.nonfinite).
-    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    # A cond rather than a select over every leaf: the skipped branch costs nothing.
+    params, opt_state, counts = jax.lax.cond(
+        finite, update, lambda params, opt_state, _: (params, opt_state, state.idf_counts),
+        state.params, state.opt_state, counts)
     outputs = {'loss': total, **parts, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step)}
     if 'logit_scale' in params:
       outputs['logit_scale'] = jnp.exp(params['logit_scale'])
     new_state = state.replace(
-        step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-        idf_counts=keep(counts, state.idf_counts),
+        step=state.step + 1, params=params, opt_state=opt_state, idf_counts=counts,
         nonfinite_updates=state.nonfinite_updates + (~finite).astype(jnp.int32),
         first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
                                        state.first_nonfinite_step))

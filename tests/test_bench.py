@@ -99,3 +99,23 @@ def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):
   refused = subprocess.run(['bash', 'launch/bench_gpu.sh', str(tmp_path / 'x')], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)
   assert refused.returncode == 2 and 'no GPU' in refused.stderr
+
+
+def test_input_pipeline_bench_compares_with_the_openclip_style_pil_transform():
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.bench', '--synthesize', '16', '--seconds', '0.2'],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline', 'pipeline_over_openclip_pil'):
+    assert report[stage] > 0, stage
+  assert 'pipeline / OpenCLIP-style PIL' in proc.stdout
+
+
+def test_openclip_style_transform_is_a_normalised_chw_crop():
+  from superclip_jax.data import bench as data_bench
+  from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
+  image = np.full((256, 300, 3), 128, np.uint8)
+  jpeg = __import__('simplejpeg').encode_jpeg(image, quality=100)
+  out = data_bench.openclip_style(jpeg, 224, np.random.default_rng(0))
+  assert out.shape == (3, 224, 224) and out.dtype == np.float32
+  np.testing.assert_allclose(out[:, 100, 100], (128 / 255 - CLIP_MEAN) / CLIP_STD, atol=0.02)

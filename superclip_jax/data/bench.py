@@ -6,7 +6,9 @@
 All figures come from one process on one core, in the same run and over the same JPEG
 bytes, so their ratios are meaningful on a shared machine. Stages:
   decode          simplejpeg to full-size RGB (what any pipeline pays at least)
-  decode_pil      PIL decode + convert, for comparison (what OpenCLIP does)
+  decode_pil      PIL decode + convert, for comparison
+  openclip_pil    OpenCLIP's training transform on PIL: decode, RandomResizedCrop(scale 0.9-1,
+                  bicubic) to 224, to float and CLIP-normalise (CHW float32, as its loader yields)
   decode_augment  decode + RandomResizedCrop(scale 0.9-1) + bicubic resize to 224, uint8
   pipeline        the Grain pipeline (record parse, decode, crop, token padding, batching)
 """
@@ -59,6 +61,21 @@ def _rate(fn, items, min_seconds: float) -> float:
       return n / elapsed
 
 
+def openclip_style(jpeg: bytes, size: int, rng: np.random.Generator) -> np.ndarray:
+  """OpenCLIP's training image transform done with PIL (torchvision's RandomResizedCrop, ToTensor, Normalize)."""
+  from PIL import Image
+
+  from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
+  img = Image.open(io.BytesIO(jpeg)).convert('RGB')
+  w, h = img.size
+  area = w * h * rng.uniform(0.9, 1.0)
+  ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+  cw, ch = min(w, round((area * ratio) ** 0.5)), min(h, round((area / ratio) ** 0.5))
+  x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+  img = img.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+  return ((np.asarray(img, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
+
+
 def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0) -> dict[str, float]:
   """Measure each stage; returns images/s per core."""
   import grain
@@ -73,6 +90,7 @@ def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0
   results = {
       'decode': _rate(lambda j: transforms.decode_jpeg(j), jpegs, min_seconds),
       'decode_pil': _rate(lambda j: np.asarray(Image.open(io.BytesIO(j)).convert('RGB')), jpegs, min_seconds),
+      'openclip_pil': _rate(lambda j: openclip_style(j, size, rng), jpegs, min_seconds),
       'decode_augment': _rate(
           lambda j: transforms.random_resized_crop(transforms.decode_jpeg(j, min_side=size), size, rng),
           jpegs, min_seconds),
@@ -88,6 +106,7 @@ def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0
     next(it)
     n += batch
   results['pipeline'] = n / (time.perf_counter() - start)
+  results['pipeline_over_openclip_pil'] = results['pipeline'] / results['openclip_pil']
   results['mean_source_side'] = float(np.mean([min(s[:2]) for s in shapes]))
   return results
 
@@ -106,8 +125,9 @@ def main(argv=None):
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
     r = run(shards, args.size, min_seconds=args.seconds)
   print(f"source images: shorter side {r['mean_source_side']:.0f} px; output {args.size} px; one process, one core")
-  for stage in ('decode', 'decode_pil', 'decode_augment', 'pipeline'):
+  for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline'):
     print(f'{stage:15s} {r[stage]:8.0f} images/s per core   ({r[stage] / r["decode"]:.2f} x decode)')
+  print(f"pipeline / OpenCLIP-style PIL: {r['pipeline_over_openclip_pil']:.2f}")
   print(json.dumps({k: round(v, 1) for k, v in r.items()}))
 
 

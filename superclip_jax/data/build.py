@@ -137,8 +137,7 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
   For a URL out_dir the shard is made in a local temporary folder (the ArrayRecord writer
   needs a file) and uploaded, its .stats.json last: that object marks the shard finished.
   """
-  stats_path = _stats_path(out_dir, task)
-  if storage.exists(stats_path):
+  if storage.exists(_stats_path(out_dir, task)):
     return read_stats(out_dir, task)
   if not storage.is_remote(out_dir):
     return _write_shard(task, out_dir, options)
@@ -153,7 +152,7 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
   """build_shard into a local folder."""
   from array_record.python.array_record_module import ArrayRecordWriter
   name = task['name']
-  stats_path = os.path.join(out_dir, name + '.stats.json')
+  stats_path = _stats_path(out_dir, task)
   earlier = task.get('duplicate_keys', {})
   seen: set[str] = set()  # a folder chunk's items may repeat a key; a tar's reader drops repeats itself
   tok = _tokenizer(options['tokenizer'], options['context_length'])

@@ -65,14 +65,11 @@ def openclip_style(jpeg: bytes, size: int, rng: np.random.Generator) -> np.ndarr
   """OpenCLIP's training image transform done with PIL (torchvision's RandomResizedCrop, ToTensor, Normalize)."""
   from PIL import Image
 
+  from superclip_jax.data import transforms
   from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
   img = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  w, h = img.size
-  area = w * h * rng.uniform(0.9, 1.0)
-  ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-  cw, ch = min(w, round((area * ratio) ** 0.5)), min(h, round((area / ratio) ** 0.5))
-  x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-  img = img.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+  top, left, h, w = transforms.random_crop_box(img.height, img.width, rng)
+  img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
   return ((np.asarray(img, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
 
 

@@ -39,10 +39,9 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """torchvision's RandomResizedCrop (10 tries, then a centre crop), bicubic resize to size x size."""
-  height, width = image.shape[:2]
+def random_crop_box(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0),
+                    ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop box (10 tries, then a centre crop): (top, left, h, w)."""
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -51,18 +50,21 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
     w = int(round(math.sqrt(target * aspect)))
     h = int(round(math.sqrt(target / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
-      break
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
   else:
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-      w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-      h, w = height, int(round(height * ratio[1]))
-    else:
-      w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """torchvision's RandomResizedCrop (random_crop_box), bicubic resize to size x size."""
+  top, left, h, w = random_crop_box(*image.shape[:2], rng, scale, ratio)
   crop = image[top:top + h, left:left + w]
   return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
 

@@ -1,4 +1,4 @@
-"""superclip_jax's train step against the same model's PyTorch step, interleaved in one process on CPU.
+"""superclip_jax's train step against the same model's PyTorch step, alternated step by step on CPU.
 
   python benchmarks/vs_pytorch.py --image_size 112 --batch 8 --steps 5 [--no_head] [--threads N]
   python benchmarks/vs_pytorch.py --tiny --steps 2          # a smoke test of a few seconds
@@ -10,11 +10,17 @@ matrices), one fixed batch of random images and captions. The loss is CLIP's con
 loss plus the classifier's softmax cross-entropy on the caption's K-hot target (uniform
 weights: loss.idf='none'). PyTorch's model is transformers' CLIPModel built from a small
 config in code (random weights, nothing downloaded). The two steps alternate, so the
-shared machine's load falls on both alike; the medians and their ratio are printed, then
-one JSON line.
+shared machine's load falls on both alike, in turns of --block steps whose first step is
+reported apart (alternate_in_blocks); the medians and their ratio are printed, then one
+JSON line.
+
+Each framework runs in its own process (spawned; this one only alternates their steps), as
+each would in use. --one_process runs both in this process instead: there they share
+glibc's allocator and each other's idle threads, and the JAX step measured 8% slower
+(112 px) right after a PyTorch step than right after its own.
 
 Threads: torch.set_num_threads(N) for PyTorch. XLA's CPU client sizes its thread pool from
-the CPUs the process may run on, so the process pins itself to N CPUs
+the CPUs the process may run on, so each process pins itself to the same N CPUs
 (os.sched_setaffinity) before jax and torch are imported; both then use the same N cores
 (default: every CPU the process may use). On a machine other work keeps busy, prefer
 --threads 1: PyTorch's OpenMP threads wait for each other at every op, and one descheduled
@@ -27,11 +33,13 @@ torch and transformers come with the interop extra: pip install -e '.[interop]'.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
 import statistics
 import sys
+import time
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--no_head', action='store_true', help='plain CLIP on both sides (no token classifier)')
   p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help='CPU cores for both')
   p.add_argument('--tiny', action='store_true', help='tiny towers at 32 px: a smoke test')
-  return p.parse_args(argv)
+  p.add_argument('--block', type=int, default=2,
+                 help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)')
+  p.add_argument('--one_process', action='store_true',
+                 help='both frameworks in this process (they then share the allocator and slow each other)')
+  args = p.parse_args(argv)
+  if args.block < 2:
+    p.error('--block must be at least 2 (the first step of each turn is not a steady one)')
+  return args
 
 
 def sizes(args) -> dict:
@@ -64,7 +79,7 @@ def jax_config(args, s: dict):
   m.image_width, m.image_depth, m.image_heads, m.patch_size = s['iw'], s['idepth'], s['iheads'], s['patch']
   m.text_width, m.text_depth, m.text_heads = s['tw'], s['tdepth'], s['theads']
   m.image_size, m.context_length, m.vocab_size, m.embed_dim = s['image_size'], s['context'], s['vocab'], s['embed']
-  m.quick_gelu, m.compute_dtype, m.remat = True, 'float32', 'none'
+  m.quick_gelu, m.compute_dtype = True, 'float32'  # remat: the default ('elementwise'), the fastest here
   c.tokenizer.sot_id, c.tokenizer.eot_id, c.tokenizer.pad_id = s['vocab'] - 2, s['vocab'] - 1, 0
   c.loss.idf = 'none'
   c.loss.cls_weight = 0.0 if args.no_head else 1.0
@@ -139,43 +154,147 @@ def torch_step(args, s: dict, images, ids):
   return step, sum(p.numel() for p in params)
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  # Before jax and torch start their thread pools: the same N cores for both, one JAX CPU device.
+def _timed(step):
+  """step() -> its wall time in seconds."""
+  def run():
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+  return run
+
+
+def alternate_in_blocks(steps: dict, timed_steps: int, block: int) -> dict[str, list[float]]:
+  """{name: steady times, name + '_after_switch': first-step times}, alternating blocks of `block` steps.
+
+  After one untimed round, each framework runs `block` steps in turn; the first step of a
+  block follows the other framework's steps and is kept apart: it pays for memory the other
+  left behind (JAX's kernel time per step went from 0.7 s to 3-5 s at 224 px after a
+  PyTorch step, with the same page-fault count), which a training run never sees. The
+  others are the steady steps, `timed_steps` of them per framework.
+  """
+  for run in steps.values():
+    run()
+  times: dict[str, list[float]] = {}
+  for name in steps:
+    times[name], times[name + '_after_switch'] = [], []
+  while len(times[next(iter(steps))]) < timed_steps:
+    for name, run in steps.items():
+      times[name + '_after_switch'].append(run())
+      times[name].extend(run() for _ in range(block - 1))
+  return times
+
+
+def _pin_and_isolate(threads: int) -> None:
+  """Before jax and torch start their thread pools: the first N allowed cores, one JAX CPU device."""
   allowed = sorted(os.sched_getaffinity(0))
-  args.threads = max(1, min(args.threads, len(allowed)))
-  os.sched_setaffinity(0, allowed[:args.threads])
+  os.sched_setaffinity(0, allowed[:threads])
   os.environ['JAX_PLATFORMS'] = 'cpu'
   os.environ['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\S+', '', os.environ.get('XLA_FLAGS', ''))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _jax_side(args, s):
+  """(timed step closure, first loss, parameter count, compile seconds, the batch as numpy)."""
   import numpy as np
-  import torch
 
   from superclip_jax import bench
   from superclip_jax.models.superclip import count_params
-
-  torch.set_num_threads(args.threads)
-  s = sizes(args)
-  config = jax_config(args, s)
-  jax_step = bench.Step(config)
+  jax_step = bench.Step(jax_config(args, s))
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
-  step, torch_params = torch_step(args, s, batch['images'], batch['text'])
-  # Both first-step losses, on the same batch from fresh random weights: the same loss, so of the same size.
-  jax_loss = jax_step.last_metrics()['loss']  # Step ran the JAX step once
-  torch_loss = step()  # and this is PyTorch's warm-up
-  times = bench.interleaved_times({'jax': jax_step, 'torch': step}, args.steps, warmup=1)
+  # Step ran the JAX step once; its loss is the first-step loss.
+  return (jax_step, jax_step.last_metrics()['loss'], count_params(jax_step.state.params), jax_step.compile_seconds,
+          batch)
+
+
+def _torch_side(args, s, batch):
+  """(timed step closure, first loss (its warm-up step), parameter count)."""
+  import torch
+  torch.set_num_threads(args.threads)
+  step, params = torch_step(args, s, batch['images'], batch['text'])
+  return step, step(), params
+
+
+def _worker(kind: str, args, conn) -> None:
+  """One framework in its own process: build the step, then run one timed step per request."""
+  _pin_and_isolate(args.threads)
+  s = sizes(args)
+  if kind == 'jax':
+    step, loss, params, compile_s, batch = _jax_side(args, s)
+    conn.send({'loss': loss, 'params': params, 'compile_s': compile_s, 'batch': batch})
+  else:
+    step, loss, params = _torch_side(args, s, conn.recv())
+    conn.send({'loss': loss, 'params': params})
+  while conn.recv() == 'step':
+    conn.send(_timed(step)())
+
+
+def _remote_step(conn) -> float:
+  """Ask a worker for one step; its time, measured there."""
+  conn.send('step')
+  return conn.recv()
+
+
+def _times_in_separate_processes(args) -> tuple[dict, dict]:
+  """Each framework in its own process, their steps alternated from here: ({name: times}, setup facts)."""
+  import multiprocessing as mp
+  ctx = mp.get_context('spawn')
+  conns, procs = {}, {}
+  for kind in ('jax', 'torch'):
+    conns[kind], child = ctx.Pipe()
+    procs[kind] = ctx.Process(target=_worker, args=(kind, args, child), daemon=True)
+    procs[kind].start()
+  try:
+    facts = {'jax': conns['jax'].recv()}
+    conns['torch'].send(facts['jax'].pop('batch'))
+    facts['torch'] = conns['torch'].recv()
+    times = alternate_in_blocks({kind: functools.partial(_remote_step, conn) for kind, conn in conns.items()},
+                                args.steps, args.block)
+    for conn in conns.values():
+      conn.send('stop')
+  finally:
+    for proc in procs.values():
+      proc.join(timeout=60)
+      if proc.is_alive():
+        proc.kill()
+  return times, facts
+
+
+def _times_in_one_process(args) -> tuple[dict, dict]:
+  """Both frameworks in this process, steps alternated (the two share allocator and threads)."""
+  _pin_and_isolate(args.threads)
+  s = sizes(args)
+  jax_step, jax_loss, jax_params, compile_s, batch = _jax_side(args, s)
+  step, torch_loss, torch_params = _torch_side(args, s, batch)
+  times = alternate_in_blocks({'jax': _timed(jax_step), 'torch': _timed(step)}, args.steps, args.block)
+  return times, {'jax': {'loss': jax_loss, 'params': jax_params, 'compile_s': compile_s},
+                 'torch': {'loss': torch_loss, 'params': torch_params}}
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  args.threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
+  s = sizes(args)
+  times, facts = (_times_in_one_process if args.one_process else _times_in_separate_processes)(args)
+  jax_loss, torch_loss, torch_params = facts['jax']['loss'], facts['torch']['loss'], facts['torch']['params']
   jax_t, torch_t = statistics.median(times['jax']), statistics.median(times['torch'])
   report = {'image_size': s['image_size'], 'batch': args.batch, 'head': not args.no_head, 'threads': args.threads,
-            'tiny': args.tiny, 'jax_params': count_params(jax_step.state.params), 'torch_params': torch_params,
-            'jax_compile_s': jax_step.compile_seconds, 'jax_step_s': jax_t, 'torch_step_s': torch_t,
+            'processes': 'one' if args.one_process else 'separate',
+            'tiny': args.tiny, 'jax_params': facts['jax']['params'], 'torch_params': torch_params,
+            'jax_compile_s': facts['jax']['compile_s'], 'jax_step_s': jax_t, 'torch_step_s': torch_t,
             'jax_over_torch_step_ratio': jax_t / torch_t, 'jax_images_per_sec': args.batch / jax_t,
             'torch_images_per_sec': args.batch / torch_t, 'jax_first_loss': jax_loss,
-            'torch_first_loss': torch_loss, 'steps': args.steps}
+            'torch_first_loss': torch_loss, 'steps': args.steps, 'block': args.block,
+            # The first step of each turn, after the other framework's (not in the ratio above).
+            'jax_after_switch_step_s': statistics.median(times['jax_after_switch']),
+            'torch_after_switch_step_s': statistics.median(times['torch_after_switch'])}
   print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
-        f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads")
+        f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads, "
+        f"{report['processes']} process{'' if args.one_process else 'es'}")
   print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
   print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
   print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}")
+  print(f"  first step of a turn (median) jax {report['jax_after_switch_step_s'] * 1e3:.1f} ms, "
+        f"torch {report['torch_after_switch_step_s'] * 1e3:.1f} ms")
   print(json.dumps(report), flush=True)
   return report
 

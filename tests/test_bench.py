@@ -84,6 +84,29 @@ def test_vs_pytorch_tiny_runs():
   assert report['jax_step_s'] > 0 and report['torch_step_s'] > 0 and report['jax_over_torch_step_ratio'] > 0
 
 
+def test_vs_pytorch_reports_the_first_step_of_each_turn_apart():
+  spec = importlib.util.spec_from_file_location('vs_pytorch', os.path.join(ROOT, 'benchmarks', 'vs_pytorch.py'))
+  vs_pytorch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(vs_pytorch)
+  calls = []
+
+  def fake(name):
+    # Each call returns (its framework, whether the other framework ran just before).
+    def run():
+      after_switch = bool(calls) and calls[-1] != name
+      calls.append(name)
+      return (name, after_switch)
+    return run
+
+  times = vs_pytorch.alternate_in_blocks({'jax': fake('jax'), 'torch': fake('torch')}, timed_steps=4, block=3)
+  assert calls[:2] == ['jax', 'torch']  # one untimed warm-up round
+  assert len(times['jax']) == 4 and len(times['torch']) == 4
+  assert times['jax'] == [('jax', False)] * 4 and times['torch'] == [('torch', False)] * 4
+  assert times['jax_after_switch'] == [('jax', True)] * 2 and times['torch_after_switch'] == [('torch', True)] * 2
+  with pytest.raises(SystemExit):
+    vs_pytorch.parse_args(['--block', '1'])
+
+
 def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):
   # ALLOW_CPU runs the GPU script's whole path on this CPU, on tiny; no GPU means a clear refusal without it.
   env = _env() | {'PYTHON': sys.executable, 'BATCHES': '4 8', 'IMAGE_SIZE': '32', 'STEPS': '1', 'DTYPE': 'float32'}

@@ -125,7 +125,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   np.testing.assert_allclose(a['text_embedding'], b['text_embedding'], atol=0.05)
 
 
-@pytest.mark.parametrize('remat', ['full', 'dots'])
+@pytest.mark.parametrize('remat', ['full', 'dots', 'elementwise'])
 def test_remat_gives_the_same_gradients(remat):
   images, text = _batch()
   plain, rematted = ModelDef(MU), ModelDef(dataclasses.replace(MU, remat=remat))

@@ -194,7 +194,7 @@ def _pin_and_isolate(threads: int) -> None:
 
 
 def _jax_side(args, s):
-  """(timed step closure, first loss, parameter count, compile seconds, the batch as numpy)."""
+  """(step, {'loss': first loss, 'params': count, 'compile_s': compile seconds, 'batch': the batch as numpy})."""
   import numpy as np
 
   from superclip_jax import bench
@@ -202,28 +202,24 @@ def _jax_side(args, s):
   jax_step = bench.Step(jax_config(args, s))
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   # Step ran the JAX step once; its loss is the first-step loss.
-  return (jax_step, jax_step.last_metrics()['loss'], count_params(jax_step.state.params), jax_step.compile_seconds,
-          batch)
+  return jax_step, {'loss': jax_step.last_metrics()['loss'], 'params': count_params(jax_step.state.params),
+                    'compile_s': jax_step.compile_seconds, 'batch': batch}
 
 
 def _torch_side(args, s, batch):
-  """(timed step closure, first loss (its warm-up step), parameter count)."""
+  """(step, {'loss': first loss (its warm-up step), 'params': count})."""
   import torch
   torch.set_num_threads(args.threads)
   step, params = torch_step(args, s, batch['images'], batch['text'])
-  return step, step(), params
+  return step, {'loss': step(), 'params': params}
 
 
 def _worker(kind: str, args, conn) -> None:
   """One framework in its own process: build the step, then run one timed step per request."""
   _pin_and_isolate(args.threads)
   s = sizes(args)
-  if kind == 'jax':
-    step, loss, params, compile_s, batch = _jax_side(args, s)
-    conn.send({'loss': loss, 'params': params, 'compile_s': compile_s, 'batch': batch})
-  else:
-    step, loss, params = _torch_side(args, s, conn.recv())
-    conn.send({'loss': loss, 'params': params})
+  step, facts = _jax_side(args, s) if kind == 'jax' else _torch_side(args, s, conn.recv())
+  conn.send(facts)
   while conn.recv() == 'step':
     conn.send(_timed(step)())
 
@@ -263,11 +259,10 @@ def _times_in_one_process(args) -> tuple[dict, dict]:
   """Both frameworks in this process, steps alternated (the two share allocator and threads)."""
   _pin_and_isolate(args.threads)
   s = sizes(args)
-  jax_step, jax_loss, jax_params, compile_s, batch = _jax_side(args, s)
-  step, torch_loss, torch_params = _torch_side(args, s, batch)
-  times = alternate_in_blocks({'jax': _timed(jax_step), 'torch': _timed(step)}, args.steps, args.block)
-  return times, {'jax': {'loss': jax_loss, 'params': jax_params, 'compile_s': compile_s},
-                 'torch': {'loss': torch_loss, 'params': torch_params}}
+  jax_step, jax_facts = _jax_side(args, s)
+  torch_step_, torch_facts = _torch_side(args, s, jax_facts.pop('batch'))
+  times = alternate_in_blocks({'jax': _timed(jax_step), 'torch': _timed(torch_step_)}, args.steps, args.block)
+  return times, {'jax': jax_facts, 'torch': torch_facts}
 
 
 def main(argv=None) -> dict:

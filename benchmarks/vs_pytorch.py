@@ -15,7 +15,9 @@ reported apart (alternate_in_blocks); the medians and their ratio are printed, t
 JSON line.
 
 Each framework runs in its own process (spawned; this one only alternates their steps), as
-each would in use. --one_process runs both in this process instead: there they share
+each would in use: JAX's with the malloc `python -m superclip_jax.main` runs on (mimalloc,
+superclip_jax/allocator.py; SUPERCLIP_JAX_ALLOCATOR=system for glibc's), PyTorch's with
+glibc's (--torch_preload for another). --one_process runs both in this process instead: there they share
 glibc's allocator and each other's idle threads, and the JAX step measured 8% slower
 (112 px) right after a PyTorch step than right after its own.
 
@@ -55,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)')
   p.add_argument('--one_process', action='store_true',
                  help='both frameworks in this process (they then share the allocator and slow each other)')
+  p.add_argument('--torch_preload', default='',
+                 help="LD_PRELOAD for PyTorch's process, e.g. jemalloc or tcmalloc as PyTorch's CPU tuning guide "
+                      "suggests (default: glibc's malloc, as pip's torch runs)")
   args = p.parse_args(argv)
   if args.block < 2:
     p.error('--block must be at least 2 (the first step of each turn is not a steady one)')
@@ -203,7 +208,7 @@ def _jax_side(args, s):
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   # Step ran the JAX step once; its loss is the first-step loss.
   return jax_step, {'loss': jax_step.last_metrics()['loss'], 'params': count_params(jax_step.state.params),
-                    'compile_s': jax_step.compile_seconds, 'batch': batch}
+                    'compile_s': jax_step.compile_seconds, 'batch': batch, 'malloc': _malloc_in_this_process()}
 
 
 def _torch_side(args, s, batch):
@@ -211,7 +216,7 @@ def _torch_side(args, s, batch):
   import torch
   torch.set_num_threads(args.threads)
   step, params = torch_step(args, s, batch['images'], batch['text'])
-  return step, {'loss': step(), 'params': params}
+  return step, {'loss': step(), 'params': params, 'malloc': _malloc_in_this_process()}
 
 
 def _worker(kind: str, args, conn) -> None:
@@ -230,15 +235,38 @@ def _remote_step(conn) -> float:
   return conn.recv()
 
 
+def _malloc_in_this_process() -> str:
+  """The preloaded malloc's library name (libmimalloc, libjemalloc, ...), or 'glibc'."""
+  with open('/proc/self/maps') as f:
+    found = re.search(r'/(lib(?:mimalloc|jemalloc|tcmalloc)\w*)', f.read())
+  return found.group(1) if found else 'glibc'
+
+
+def _process_env(kind: str, args) -> dict[str, str]:
+  """The environment each framework's process starts with: the malloc it runs on in use."""
+  env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+  if kind == 'torch':
+    return {**env, 'LD_PRELOAD': args.torch_preload} if args.torch_preload else env
+  from superclip_jax import allocator
+  return allocator.preload_env({**env, 'JAX_PLATFORMS': 'cpu'})
+
+
 def _times_in_separate_processes(args) -> tuple[dict, dict]:
   """Each framework in its own process, their steps alternated from here: ({name: times}, setup facts)."""
   import multiprocessing as mp
   ctx = mp.get_context('spawn')
   conns, procs = {}, {}
-  for kind in ('jax', 'torch'):
-    conns[kind], child = ctx.Pipe()
-    procs[kind] = ctx.Process(target=_worker, args=(kind, args, child), daemon=True)
-    procs[kind].start()
+  saved = dict(os.environ)
+  try:
+    for kind in ('jax', 'torch'):
+      conns[kind], child = ctx.Pipe()
+      procs[kind] = ctx.Process(target=_worker, args=(kind, args, child), daemon=True)
+      os.environ.clear()  # a spawned process starts with this process's environment at start()
+      os.environ.update(_process_env(kind, args))
+      procs[kind].start()
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
   try:
     facts = {'jax': conns['jax'].recv()}
     conns['torch'].send(facts['jax'].pop('batch'))
@@ -274,6 +302,7 @@ def main(argv=None) -> dict:
   jax_t, torch_t = statistics.median(times['jax']), statistics.median(times['torch'])
   report = {'image_size': s['image_size'], 'batch': args.batch, 'head': not args.no_head, 'threads': args.threads,
             'processes': 'one' if args.one_process else 'separate',
+            'jax_malloc': facts['jax']['malloc'], 'torch_malloc': facts['torch']['malloc'],
             'tiny': args.tiny, 'jax_params': facts['jax']['params'], 'torch_params': torch_params,
             'jax_compile_s': facts['jax']['compile_s'], 'jax_step_s': jax_t, 'torch_step_s': torch_t,
             'jax_over_torch_step_ratio': jax_t / torch_t, 'jax_images_per_sec': args.batch / jax_t,
@@ -281,10 +310,12 @@ def main(argv=None) -> dict:
             'torch_first_loss': torch_loss, 'steps': args.steps, 'block': args.block,
             # The first step of each turn, after the other framework's (not in the ratio above).
             'jax_after_switch_step_s': statistics.median(times['jax_after_switch']),
-            'torch_after_switch_step_s': statistics.median(times['torch_after_switch'])}
+            'torch_after_switch_step_s': statistics.median(times['torch_after_switch']),
+            'jax_steady_steps_s': times['jax'], 'torch_steady_steps_s': times['torch']}
   print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
         f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads, "
-        f"{report['processes']} process{'' if args.one_process else 'es'}")
+        f"{report['processes']} process{'' if args.one_process else 'es'}, malloc jax {report['jax_malloc']}, "
+        f"torch {report['torch_malloc']}")
   print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
   print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
   print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}")

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from superclip_jax import cli
+from superclip_jax import allocator, cli
 
 _FLAGS: dict[str, Any] = {}  # defined only when run as a program: importing this module defines no flags
 
@@ -172,7 +172,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, com
   report: dict[str, Any] = {
       'config_variant': config.model.variant, 'devices': len(devices), 'device_kind': kind,
       'global_batch': config.data.global_batch_size, 'image_size': config.model.image_size,
-      'compute_dtype': config.model.compute_dtype, 'remat': config.model.remat,
+      'compute_dtype': config.model.compute_dtype, 'remat': config.model.remat, 'allocator': allocator.in_use(),
       'state_creation_s': step.state_seconds, 'lower_s': step.lower_seconds, 'compile_s': step.compile_seconds,
       'first_step_s': step.first_step_seconds}
   fns = {'superclip': step}
@@ -219,7 +219,7 @@ def format_report(r: dict[str, Any]) -> str:
   ratio = r['superclip_over_clip_step_ratio']
   lines = [
       f"bench: {r['devices']} x {r['device_kind']}, {r['config_variant']}, batch {r['global_batch']}, "
-      f"{r['image_size']} px, {r['compute_dtype']}, remat {r['remat']}",
+      f"{r['image_size']} px, {r['compute_dtype']}, remat {r['remat']}, malloc {r['allocator']}",
       f"  state creation        {r['state_creation_s']:.2f} s",
       f"  lower / compile       {r['lower_s']:.2f} s / {r['compile_s']:.2f} s (first step {r['first_step_s']:.2f} s)",
       f"  step time (median)    {r['step_time_s'] * 1e3:.1f} ms (min {r['step_time_min_s'] * 1e3:.1f} ms)",
@@ -263,5 +263,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_mimalloc()  # before anything allocates: see allocator.py
   _define_flags()
   cli.run(main, 'superclip_jax.bench')

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from superclip_jax import cli
+from superclip_jax import allocator, cli
 
 _CONFIG = cli.define_config_flag('Training config file (ml_collections).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
@@ -45,10 +45,11 @@ def main(argv):
     import jax
 
     from superclip_jax import train
-    logging.info('process %d/%d, %d local devices (%s)', jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.devices()[0].platform)
+    logging.info('process %d/%d, %d local devices (%s), malloc %s', jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.devices()[0].platform, allocator.in_use())
     train.run(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_mimalloc()  # before anything allocates: see allocator.py
   cli.run(main, 'superclip_jax.main')

@@ -9,12 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from superclip_jax import bench
+from superclip_jax import allocator, bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('step_time_s', 'images_per_sec', 'images_per_sec_per_device', 'model_flops_per_step', 'xla_flops_corrected',
         'achieved_flops_per_sec', 'peak_flops_per_sec', 'peak_source', 'mfu', 'clip_step_time_s',
-        'superclip_over_clip_step_ratio', 'state_creation_s', 'lower_s', 'compile_s')
+        'superclip_over_clip_step_ratio', 'state_creation_s', 'lower_s', 'compile_s', 'allocator')
+# What `python -m superclip_jax.bench` runs its CPU step on (the cmeel-mimalloc wheel is a Linux dependency).
+EXPECTED_MALLOC = 'mimalloc' if sys.platform.startswith('linux') and allocator.mimalloc_path() else 'system'
 
 
 def _env():
@@ -45,6 +47,7 @@ def test_bench_on_tiny_prints_every_figure_as_json():
   assert report['devices'] == 1 and report['global_batch'] == 8 and np.isfinite(report['loss'])
   assert report['step_time_s'] > 0 and report['mfu'] > 0 and report['superclip_over_clip_step_ratio'] > 0
   assert report['peak_source'].startswith('measured')  # no table entry for a CPU
+  assert report['allocator'] == EXPECTED_MALLOC  # the entry point re-executed itself with mimalloc preloaded
   assert report['images_per_sec'] == pytest.approx(8 / report['step_time_s'])
   # The token classifier adds FLOPs; the analytic count is of the same size as XLA's.
   assert report['xla_flops_corrected'] == pytest.approx(report['model_flops_per_step'], rel=0.5)
@@ -82,6 +85,9 @@ def test_vs_pytorch_tiny_runs():
   # And the same loss: from random weights on the same batch, the first losses are of the same size.
   assert report['torch_first_loss'] == pytest.approx(report['jax_first_loss'], rel=0.3)
   assert report['jax_step_s'] > 0 and report['torch_step_s'] > 0 and report['jax_over_torch_step_ratio'] > 0
+  # Each framework on its own malloc: JAX's as superclip_jax's entry points run, PyTorch's glibc (pip's torch).
+  assert report['jax_malloc'] == {'mimalloc': 'libmimalloc', 'system': 'glibc'}[EXPECTED_MALLOC]
+  assert report['torch_malloc'] == 'glibc'
 
 
 def test_vs_pytorch_reports_the_first_step_of_each_turn_apart():

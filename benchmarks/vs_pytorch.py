@@ -202,21 +202,22 @@ def _jax_side(args, s):
   """(step, {'loss': first loss, 'params': count, 'compile_s': compile seconds, 'batch': the batch as numpy})."""
   import numpy as np
 
-  from superclip_jax import bench
+  from superclip_jax import allocator, bench
   from superclip_jax.models.superclip import count_params
   jax_step = bench.Step(jax_config(args, s))
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   # Step ran the JAX step once; its loss is the first-step loss.
   return jax_step, {'loss': jax_step.last_metrics()['loss'], 'params': count_params(jax_step.state.params),
-                    'compile_s': jax_step.compile_seconds, 'batch': batch, 'malloc': _malloc_in_this_process()}
+                    'compile_s': jax_step.compile_seconds, 'batch': batch, 'malloc': allocator.in_use()}
 
 
 def _torch_side(args, s, batch):
   """(step, {'loss': first loss (its warm-up step), 'params': count})."""
   import torch
   torch.set_num_threads(args.threads)
+  from superclip_jax import allocator
   step, params = torch_step(args, s, batch['images'], batch['text'])
-  return step, {'loss': step(), 'params': params, 'malloc': _malloc_in_this_process()}
+  return step, {'loss': step(), 'params': params, 'malloc': allocator.in_use()}
 
 
 def _worker(kind: str, args, conn) -> None:
@@ -233,13 +234,6 @@ def _remote_step(conn) -> float:
   """Ask a worker for one step; its time, measured there."""
   conn.send('step')
   return conn.recv()
-
-
-def _malloc_in_this_process() -> str:
-  """The preloaded malloc's library name (libmimalloc, libjemalloc, ...), or 'glibc'."""
-  with open('/proc/self/maps') as f:
-    found = re.search(r'/(lib(?:mimalloc|jemalloc|tcmalloc)\w*)', f.read())
-  return found.group(1) if found else 'glibc'
 
 
 def _process_env(kind: str, args) -> dict[str, str]:

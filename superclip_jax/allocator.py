@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 
 CHOICE_ENV = 'SUPERCLIP_JAX_ALLOCATOR'
@@ -45,12 +46,13 @@ def mimalloc_path() -> str | None:
 
 
 def in_use() -> str:
-  """'mimalloc' when it is loaded in this process, else 'system'."""
+  """The malloc this process runs on: 'mimalloc', 'jemalloc' or 'tcmalloc' when one is loaded, else 'system'."""
   try:
     with open('/proc/self/maps') as f:
-      return 'mimalloc' if 'libmimalloc' in f.read() else 'system'
+      found = re.search(r'/lib(mimalloc|jemalloc|tcmalloc)', f.read())
   except OSError:  # not Linux
     return 'system'
+  return found.group(1) if found else 'system'
 
 
 def _step_runs_on_cpu(environ) -> bool:

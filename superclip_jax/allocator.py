@@ -8,6 +8,13 @@ cores, vs_pytorch's model, one process per allocator, steps alternated: 224 px 8
 (0.90), 112 px 3.30 -> 3.03 s (0.92). jemalloc and tcmalloc (Debian's) left the faults and the
 time as they were.
 
+mimalloc runs with MIMALLOC_PURGE_DELAY=-1 (never hand freed memory back) unless the user set
+it. Its default gives freed pages back to the kernel 10 ms after a free, so the temporaries
+were still faulted in again every other step, now as transparent huge pages: 900+ of them and
+2.6-3.7 s of kernel time in a 7-10 s step at 224 px. Never purging: 0 faults, 0.03-0.1 s of
+kernel time, 7.2-7.5 s steps. The price is the one a caching allocator always has: the
+process keeps its peak of host memory, which the next step needs anyway.
+
 A malloc can only be replaced before the process starts (LD_PRELOAD), hence the re-exec
 (os.execve: same PID, so launchers and signals see one process). Only when the step runs on
 the CPU: on TPU and GPU the step's memory is the device's and host malloc is not in its path.
@@ -29,6 +36,8 @@ CHOICES = ('auto', 'mimalloc', 'system')
 # Set across the re-exec to the LD_PRELOAD the user had ('' for none): tells the new process
 # that the preload was tried (no second re-exec, whatever happened) and what to give children.
 _REEXEC_ENV = 'SUPERCLIP_JAX_PRELOAD_WAS'
+# mimalloc's own settings for the step (see the module docstring); a user's value wins.
+MIMALLOC_OPTIONS = {'MIMALLOC_PURGE_DELAY': '-1'}
 
 
 def mimalloc_path() -> str | None:
@@ -80,6 +89,8 @@ def preload_env(environ: dict[str, str] | None = None) -> dict[str, str]:
   lib = mimalloc_path()
   if sys.platform.startswith('linux') and lib and wanted(env):
     env['LD_PRELOAD'] = ':'.join(p for p in (lib, env.get('LD_PRELOAD', '')) if p)
+    for key, value in MIMALLOC_OPTIONS.items():
+      env.setdefault(key, value)
   return env
 
 

@@ -71,3 +71,30 @@ def test_preload_env_leaves_the_callers_environment_alone():
   out = allocator.preload_env(env)
   assert out['LD_PRELOAD'] == LIB and 'LD_PRELOAD' not in env
   assert 'LD_PRELOAD' not in allocator.preload_env(env | {allocator.CHOICE_ENV: 'system'})
+
+
+# Frees 64 MiB and, after a pause longer than mimalloc's default purge delay (10 ms), allocates
+# and writes it again: the page faults of the second touch show whether freed memory went back.
+REFAULT_PROGRAM = ('import os, resource, time; from superclip_jax import allocator; allocator.reexec_with_mimalloc(); '
+                   'import numpy as np; faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt; '
+                   'a = np.empty(64 << 20, np.uint8); a.fill(1); del a; time.sleep(0.3); '
+                   'f = faults(); a = np.empty(64 << 20, np.uint8); a.fill(1); '
+                   'print(allocator.in_use(), os.environ.get("MIMALLOC_PURGE_DELAY"), faults() - f)')
+
+
+@pytest.mark.parametrize('purge', [None, '0'], ids=['default', 'users_own'])
+def test_freed_memory_is_kept_for_the_next_step_unless_the_user_says_otherwise(purge):
+  # XLA's CPU step frees and reallocates the same temporaries every step: with mimalloc's own
+  # default they were faulted in again as huge pages, seconds of kernel time per step.
+  base = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV,
+                                                           'MIMALLOC_PURGE_DELAY')}
+  env = base if purge is None else base | {'MIMALLOC_PURGE_DELAY': purge}
+  proc = subprocess.run([sys.executable, '-c', REFAULT_PROGRAM], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  malloc, delay, faults = proc.stdout.split()
+  assert malloc == 'mimalloc'
+  if purge is None:
+    assert delay == '-1' and int(faults) <= 2, proc.stdout
+  else:  # the user's value is kept, and with it the memory goes back and faults in again
+    assert delay == '0' and int(faults) > 2, proc.stdout

@@ -30,6 +30,16 @@ def test_interleaved_times_alternate_the_functions():
   assert calls == ['a', 'b'] * 4 and len(times['a']) == len(times['b']) == 3
 
 
+def test_peak_matmul_repeats_to_fill_its_turn_and_counts_its_flops():
+  peak = bench.PeakMatmul(np.float32, size=128, seconds=0.05)
+  assert peak.repeats > 1 and peak.flops_per_call == 2.0 * 128 ** 3 * peak.repeats
+  calls = []
+  real = peak._one
+  peak._one = lambda: calls.append(real())
+  peak()
+  assert len(calls) == peak.repeats
+
+
 def test_random_ids_are_captions_of_ordinary_tokens():
   tok = type('Tok', (), {'sot_id': 49406, 'eot_id': 49407, 'pad_id': 0})
   ids = bench.random_ids(np.random.default_rng(0), 4, 12, 49408, tok)
@@ -47,6 +57,9 @@ def test_bench_on_tiny_prints_every_figure_as_json():
   assert report['devices'] == 1 and report['global_batch'] == 8 and np.isfinite(report['loss'])
   assert report['step_time_s'] > 0 and report['mfu'] > 0 and report['superclip_over_clip_step_ratio'] > 0
   assert report['peak_source'].startswith('measured')  # no table entry for a CPU
+  # The peak is the median of the matmul's turns among the steps, so it lies within their range.
+  low, high = report['peak_flops_per_sec_range']
+  assert 0 < low <= report['peak_flops_per_sec'] <= high
   assert report['allocator'] == EXPECTED_MALLOC  # the entry point re-executed itself with mimalloc preloaded
   assert report['images_per_sec'] == pytest.approx(8 / report['step_time_s'])
   # The token classifier adds FLOPs; the analytic count is of the same size as XLA's.

@@ -218,11 +218,11 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, com
     report['peak_source'] = f'table (bf16 peak of {kind})'
     report['peak_flops_per_sec_range'] = None
   else:
-    peak = peak_matmul.flops_per_call / statistics.median(times['peak'])
+    rates = [peak_matmul.flops_per_call / seconds for seconds in times['peak']]
+    peak = statistics.median(rates)
     report['peak_source'] = f'measured ({peak_matmul_size}^3 {config.model.compute_dtype} matmul, median of {steps} ' \
                             'turns interleaved with the steps)'
-    report['peak_flops_per_sec_range'] = [peak_matmul.flops_per_call / max(times['peak']) * len(devices),
-                                          peak_matmul.flops_per_call / min(times['peak']) * len(devices)]
+    report['peak_flops_per_sec_range'] = [min(rates) * len(devices), max(rates) * len(devices)]
   report['peak_flops_per_sec'] = peak * len(devices)
   report['mfu'] = report['achieved_flops_per_sec'] / report['peak_flops_per_sec']
   return report

@@ -19,10 +19,16 @@ PROGRAM = ('import os; print("start", os.getpid(), flush=True); from superclip_j
            'print(allocator.in_use(), repr(os.environ.get("LD_PRELOAD")), "SUPERCLIP_JAX_PRELOAD_WAS" in os.environ)')
 
 
-def _run(**env):
-  base = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV)}
-  proc = subprocess.run([sys.executable, '-c', PROGRAM], cwd=ROOT, env=base | env, capture_output=True, text=True,
+def _python(program, **env):
+  """Runs `program` with the test session's environment minus what picks or tunes the malloc, plus `env`."""
+  base = {k: v for k, v in os.environ.items()
+          if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV, *allocator.MIMALLOC_OPTIONS)}
+  return subprocess.run([sys.executable, '-c', program], cwd=ROOT, env=base | env, capture_output=True, text=True,
                         timeout=120)
+
+
+def _run(**env):
+  proc = _python(PROGRAM, **env)
   lines = proc.stdout.splitlines()
   starts = [line for line in lines if line.startswith('start ')]
   assert len(set(starts)) <= 1, starts  # os.execve: one process, one PID, however often it starts
@@ -86,11 +92,7 @@ REFAULT_PROGRAM = ('import os, resource, time; from superclip_jax import allocat
 def test_freed_memory_is_kept_for_the_next_step_unless_the_user_says_otherwise(purge):
   # XLA's CPU step frees and reallocates the same temporaries every step: with mimalloc's own
   # default they were faulted in again as huge pages, seconds of kernel time per step.
-  base = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV,
-                                                           'MIMALLOC_PURGE_DELAY')}
-  env = base if purge is None else base | {'MIMALLOC_PURGE_DELAY': purge}
-  proc = subprocess.run([sys.executable, '-c', REFAULT_PROGRAM], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=120)
+  proc = _python(REFAULT_PROGRAM, **({} if purge is None else {'MIMALLOC_PURGE_DELAY': purge}))
   assert proc.returncode == 0, proc.stderr
   malloc, delay, faults = proc.stdout.split()
   assert malloc == 'mimalloc'

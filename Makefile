@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine; each creates the virtual environment and installs first.
 #   make train   - the demo: trains configs/demo_mnist.py on real MNIST digits on this machine's CPU
 #                  (about 4 minutes), evaluates it (zero-shot, retrieval, linear probe) and plots its curves
-#   make test    - runs the whole test suite, the slow end-to-end tests included
+#   make test    - runs the whole test suite, the slow end-to-end tests included (tests/run_suite.py)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,20 +25,10 @@ train: install
 lint: install
 	$(BIN)/ruff check superclip_jax tests configs benchmarks
 
-# Each test file runs in its own pytest process. Tests leave threads behind (Grain workers,
-# Beam pools, Orbax's async savers, HTTP servers), and in one long process XLA's in-process
-# CPU collectives on 8 fake devices were seen to deadlock or abort in a later file
-# (tests/test_sharded_step.py's (2, 2, 2) mesh, which passes on its own). A crash in one file
-# then also names that file and lets the others run. Every file's result counts.
-TEST_FILES := $(sort $(wildcard tests/test_*.py))
-
+# Each test file runs in its own pytest process, two files at a time, the longest first
+# (tests/run_suite.py says why); every file's result counts. TEST_JOBS=1 runs them one by one.
 test: install
-	@failed=""; for f in $(TEST_FILES); do \
-	  echo "== $$f"; \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider "$$f" || failed="$$failed $$f"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
-	echo "make test: all $(words $(TEST_FILES)) test files passed"
+	$(BIN)/python tests/run_suite.py
 
 clean:
 	rm -rf $(VENV) workdirs

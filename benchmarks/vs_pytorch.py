@@ -6,7 +6,8 @@
 Both sides: a ViT-B/16 image tower and CLIP's B text tower (QuickGELU, causal, 77 tokens,
 vocabulary 49408, embedding 512), the token classifier (LayerNorm + Linear(768, 49408) on the
 mean of the patch tokens after ln_post), fp32, AdamW (betas 0.9/0.98, eps 1e-6, decay on
-matrices), one fixed batch of random images and captions. The loss is CLIP's contrastive
+matrices; PyTorch's AdamW(fused=True) as a speed-aware user runs it, and its default
+AdamW beside it), one fixed batch of random images and captions. The loss is CLIP's contrastive
 loss plus the classifier's softmax cross-entropy on the caption's K-hot target (uniform
 weights: loss.idf='none'). PyTorch's model is transformers' CLIPModel built from a small
 config in code (random weights, nothing downloaded). The two steps alternate, so the
@@ -53,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--no_head', action='store_true', help='plain CLIP on both sides (no token classifier)')
   p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help='CPU cores for both')
   p.add_argument('--tiny', action='store_true', help='tiny towers at 32 px: a smoke test')
+  p.add_argument('--no_default_optimizer', action='store_true',
+                 help="time PyTorch with fused AdamW only (not also with its default AdamW)")
   p.add_argument('--block', type=int, default=2,
                  help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)')
   p.add_argument('--one_process', action='store_true',
@@ -84,7 +87,7 @@ def jax_config(args, s: dict):
   m.image_width, m.image_depth, m.image_heads, m.patch_size = s['iw'], s['idepth'], s['iheads'], s['patch']
   m.text_width, m.text_depth, m.text_heads = s['tw'], s['tdepth'], s['theads']
   m.image_size, m.context_length, m.vocab_size, m.embed_dim = s['image_size'], s['context'], s['vocab'], s['embed']
-  m.quick_gelu, m.compute_dtype = True, 'float32'  # remat: the default ('elementwise'), the fastest here
+  m.quick_gelu, m.compute_dtype = True, 'float32'  # remat: the default (on CPU 'elementwise', the fastest here)
   c.tokenizer.sot_id, c.tokenizer.eot_id, c.tokenizer.pad_id = s['vocab'] - 2, s['vocab'] - 1, 0
   c.loss.idf = 'none'
   c.loss.cls_weight = 0.0 if args.no_head else 1.0
@@ -100,8 +103,12 @@ def _declare_torchvision_ops():
   torch_env.declare_torchvision_ops()
 
 
-def torch_step(args, s: dict, images, ids):
-  """A blocking PyTorch train step (closure) on the fixed batch, and its parameter count."""
+def torch_step(args, s: dict, images, ids, fused: bool = True):
+  """A blocking PyTorch train step (closure) on the fixed batch, and its parameter count.
+
+  fused=True is AdamW as a speed-aware PyTorch user runs it (`fused=True`: one kernel over
+  every parameter); False is PyTorch's default (the `foreach` implementation).
+  """
   import numpy as np
   import torch
   import torch.nn.functional as F
@@ -126,7 +133,7 @@ def torch_step(args, s: dict, images, ids):
   # Decay on matrices only, as superclip_jax does (the cost is the same either way).
   opt = torch.optim.AdamW([{'params': [p for p in params if p.ndim >= 2], 'weight_decay': 0.2},
                            {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}],
-                          lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+                          lr=1e-3, betas=(0.9, 0.98), eps=1e-6, fused=fused)
   mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
   std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
   pixels = (torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -211,12 +218,12 @@ def _jax_side(args, s):
                     'compile_s': jax_step.compile_seconds, 'batch': batch, 'malloc': allocator.in_use()}
 
 
-def _torch_side(args, s, batch):
+def _torch_side(args, s, batch, fused: bool = True):
   """(step, {'loss': first loss (its warm-up step), 'params': count})."""
   import torch
   torch.set_num_threads(args.threads)
   from superclip_jax import allocator
-  step, params = torch_step(args, s, batch['images'], batch['text'])
+  step, params = torch_step(args, s, batch['images'], batch['text'], fused=fused)
   return step, {'loss': step(), 'params': params, 'malloc': allocator.in_use()}
 
 
@@ -224,7 +231,7 @@ def _worker(kind: str, args, conn) -> None:
   """One framework in its own process: build the step, then run one timed step per request."""
   _pin_and_isolate(args.threads)
   s = sizes(args)
-  step, facts = _jax_side(args, s) if kind == 'jax' else _torch_side(args, s, conn.recv())
+  step, facts = _jax_side(args, s) if kind == 'jax' else _torch_side(args, s, conn.recv(), fused=kind == 'torch')
   conn.send(facts)
   while conn.recv() == 'step':
     conn.send(_timed(step)())
@@ -239,7 +246,7 @@ def _remote_step(conn) -> float:
 def _process_env(kind: str, args) -> dict[str, str]:
   """The environment each framework's process starts with: the malloc it runs on in use."""
   env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
-  if kind == 'torch':
+  if kind.startswith('torch'):
     return {**env, 'LD_PRELOAD': args.torch_preload} if args.torch_preload else env
   from superclip_jax import allocator
   return allocator.preload_env({**env, 'JAX_PLATFORMS': 'cpu'})
@@ -252,7 +259,7 @@ def _times_in_separate_processes(args) -> tuple[dict, dict]:
   conns, procs = {}, {}
   saved = dict(os.environ)
   try:
-    for kind in ('jax', 'torch'):
+    for kind in _kinds(args):
       conns[kind], child = ctx.Pipe()
       procs[kind] = ctx.Process(target=_worker, args=(kind, args, child), daemon=True)
       os.environ.clear()  # a spawned process starts with this process's environment at start()
@@ -263,8 +270,10 @@ def _times_in_separate_processes(args) -> tuple[dict, dict]:
     os.environ.update(saved)
   try:
     facts = {'jax': conns['jax'].recv()}
-    conns['torch'].send(facts['jax'].pop('batch'))
-    facts['torch'] = conns['torch'].recv()
+    batch = facts['jax'].pop('batch')
+    for kind in _kinds(args)[1:]:
+      conns[kind].send(batch)
+      facts[kind] = conns[kind].recv()
     times = alternate_in_blocks({kind: functools.partial(_remote_step, conn) for kind, conn in conns.items()},
                                 args.steps, args.block)
     for conn in conns.values():
@@ -282,9 +291,17 @@ def _times_in_one_process(args) -> tuple[dict, dict]:
   _pin_and_isolate(args.threads)
   s = sizes(args)
   jax_step, jax_facts = _jax_side(args, s)
-  torch_step_, torch_facts = _torch_side(args, s, jax_facts.pop('batch'))
-  times = alternate_in_blocks({'jax': _timed(jax_step), 'torch': _timed(torch_step_)}, args.steps, args.block)
-  return times, {'jax': jax_facts, 'torch': torch_facts}
+  batch = jax_facts.pop('batch')
+  steps, facts = {'jax': _timed(jax_step)}, {'jax': jax_facts}
+  for kind in _kinds(args)[1:]:
+    step, facts[kind] = _torch_side(args, s, batch, fused=kind == 'torch')
+    steps[kind] = _timed(step)
+  return alternate_in_blocks(steps, args.steps, args.block), facts
+
+
+def _kinds(args) -> tuple[str, ...]:
+  """The steps alternated: JAX's, PyTorch's with fused AdamW, and (unless left out) PyTorch's default AdamW."""
+  return ('jax', 'torch') if args.no_default_optimizer else ('jax', 'torch', 'torch_default')
 
 
 def main(argv=None) -> dict:
@@ -305,14 +322,24 @@ def main(argv=None) -> dict:
             # The first step of each turn, after the other framework's (not in the ratio above).
             'jax_after_switch_step_s': statistics.median(times['jax_after_switch']),
             'torch_after_switch_step_s': statistics.median(times['torch_after_switch']),
-            'jax_steady_steps_s': times['jax'], 'torch_steady_steps_s': times['torch']}
+            'jax_steady_steps_s': times['jax'], 'torch_steady_steps_s': times['torch'],
+            'torch_optimizer': 'AdamW(fused=True)'}
+  if 'torch_default' in times:
+    default_t = statistics.median(times['torch_default'])
+    report.update(torch_default_step_s=default_t, jax_over_torch_default_step_ratio=jax_t / default_t,
+                  torch_default_first_loss=facts['torch_default']['loss'],
+                  torch_default_steady_steps_s=times['torch_default'])
   print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
         f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads, "
         f"{report['processes']} process{'' if args.one_process else 'es'}, malloc jax {report['jax_malloc']}, "
         f"torch {report['torch_malloc']}")
   print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
   print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
-  print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}")
+  print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch with fused AdamW {torch_t * 1e3:.1f} ms, "
+        f"jax/torch {jax_t / torch_t:.3f}")
+  if 'torch_default' in times:
+    print(f"                torch with its default AdamW {report['torch_default_step_s'] * 1e3:.1f} ms, "
+          f"jax/torch {report['jax_over_torch_default_step_ratio']:.3f}")
   print(f"  first step of a turn (median) jax {report['jax_after_switch_step_s'] * 1e3:.1f} ms, "
         f"torch {report['torch_after_switch_step_s'] * 1e3:.1f} ms")
   print(json.dumps(report), flush=True)

@@ -25,7 +25,6 @@ def get_config(arg: str = ''):
   c.model.text = 'B'
   c.model.embed_dim = 512
   c.model.compute_dtype = 'bfloat16'
-  c.model.remat = 'full'
   c.loss.contrastive = 'softmax'
   c.loss.cls_weight = 1.0
   c.loss.idf = 'online'

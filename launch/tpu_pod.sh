@@ -15,9 +15,13 @@
 # Multi-slice (several pod slices over DCN): create them as one queued resource; the same
 # command runs on every worker of every slice (MEGASCALE_* variables are set by the runtime);
 # set --config.mesh.shape so that the data axis spans the slices.
+#
+# Environment: LIBTPU_INIT_ARGS, passed to every worker's training process. Unset, the
+# workers get MaxText's collective-overlap flags for FSDP training (listed in this script);
+# set, its value replaces them (LIBTPU_INIT_ARGS= passes none).
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 name="" zone="" project="" repo="" branch=""
 while getopts "n:z:p:r:b:h" opt; do
   case "$opt" in
@@ -53,10 +57,32 @@ else
   fetch="rm -rf $src_dir && mkdir -p $src_dir && tar -C $src_dir -xzf /tmp/superclip_jax_src.tgz"
 fi
 
+# libtpu flags: MaxText's set for FSDP-style training on TPU (src/maxtext/configs/tpu/v5e/16b.sh
+# and others; its benchmarks/xla_flags_library.py calls the last five "continuation fusion for
+# all-gather"): every parameter is all-gathered layer by layer and its gradient reduced, and these
+# flags let those collectives run asynchronously, fused with and overlapping the matmuls. The
+# compile of configs/tiny.py for v5e:2x2 with them passes (--dry_run). libtpu 0.0.42.1 accepts
+# each of them: tests/test_launchers.py creates a v5e topology with this list (libtpu exits
+# with "Unknown command line flag" or "Illegal value" otherwise; skipped without libtpu).
+tpu_flags=(
+  --xla_tpu_enable_data_parallel_all_reduce_opt=true  # overlap the data-parallel gradient all-reduce
+  --xla_tpu_data_parallel_opt_different_sized_ops=true  # ... also across tensors of different sizes
+  --xla_tpu_enable_async_collective_fusion=true  # collectives as async fusions, beside compute
+  --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true  # FSDP's weight all-gathers too
+  --xla_tpu_enable_async_collective_fusion_multiple_steps=true  # one collective may span several ops
+  --xla_tpu_overlap_compute_collective_tc=true  # the TensorCore computes while they run
+  --xla_enable_async_all_gather=true  # all-gathers as start/done pairs the scheduler can move
+)
+libtpu_args=${LIBTPU_INIT_ARGS-${tpu_flags[*]}}
+run_env=""
+if [[ -n "$libtpu_args" ]]; then
+  run_env="LIBTPU_INIT_ARGS=$(printf '%q' "$libtpu_args") "
+fi
+
 overrides=""
 for arg in "$@"; do overrides+=" $(printf '%q' "$arg")"; done
 command="set -e; $fetch; cd $src_dir; python3 -m pip install -q -e '.[tpu]'; \
-python3 -m superclip_jax.main --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir")$overrides"
+${run_env}python3 -m superclip_jax.main --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir")$overrides"
 
 echo "tpu_pod.sh: starting on every worker of $name: $command" >&2
 # --worker=all runs the command on every host at once; a worker that fails ends the ssh with

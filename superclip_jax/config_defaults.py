@@ -39,10 +39,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.context_length = 77  # text tower positions; captions are padded or truncated to it
   c.model.quick_gelu = False  # QuickGELU x*sigmoid(1.702x) as in OpenAI's released weights; else exact GELU
   c.model.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (accelerators); parameters stay float32
-  # What the backward recomputes: 'elementwise' (keep every matmul output, recompute LayerNorm,
-  # GELU, softmax: the fastest on CPU, less memory than 'none') | 'none' (keep everything) |
-  # 'full' (keep only each block's input) | 'dots' (keep matmul outputs without batch dims).
-  c.model.remat = 'elementwise'
+  # What the backward recomputes: 'auto' (per backend, platform_defaults.py: 'elementwise' on
+  # CPU, 'dots' on GPU and TPU) | 'elementwise' (keep every matmul output, recompute LayerNorm,
+  # GELU, softmax) | 'dots' (keep the weight matmuls' outputs; attention is recomputed too) |
+  # 'full' (keep only each block's input: least memory) | 'none' (keep everything).
+  c.model.remat = 'auto'
+  # 'auto' (cuDNN's fused attention on GPUs in bf16, the einsum elsewhere) | 'xla' (the einsum) | 'cudnn'.
+  c.model.attention = 'auto'
   c.model.scan_layers = True  # run blocks under lax.scan (compile time flat in depth) or unrolled
   c.model.image_width = 0  # override the image preset's width (0: keep)
   c.model.image_depth = 0  # override the image preset's depth (0: keep)
@@ -86,7 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.kind = 'synthetic'  # 'synthetic' (generated shapes) | 'shards' (built by python -m superclip_jax.data.build)
   c.data.shards = ''  # shard directories, comma-separated; several make a weighted mixture
   c.data.weights = ()  # mixture weights, one per shard directory (default: equal)
-  c.data.workers = 0  # Grain worker processes per host (0: decode in the training process)
+  # Grain worker processes per training process: 'auto' (every core this process has but one;
+  # data/pipeline.py resolve_workers) or N (0: decode in threads of the training process).
+  c.data.workers = ml_collections.FieldReference('auto', field_type=object)
   c.data.threads = 4  # decoding threads per host when workers=0
   c.data.prefetch = 2  # batches decoded ahead of the step
   c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop area range
@@ -103,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.rules = (
       ('batch', ('data', 'fsdp')),
       ('embed', 'fsdp'),
+      ('classifier_embed', 'fsdp'),  # the token classifier's input axis (see docs/performance.md)
       ('mlp', 'tensor'),
       ('heads', 'tensor'),
       ('vocab', 'tensor'),
@@ -122,6 +128,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_image_tower_only = False  # with init_from: take only the image tower (LiT, or a new text tower)
 
   c.nonfinite = 'stop'  # a NaN/Inf loss or gradient: 'stop' the run, or 'skip' the update and count it
+  # How the step drops such an update: 'auto' (per backend) | 'cond' (a branch: free on CPU) |
+  # 'select' (elementwise over the state: no host round trip on GPUs, where a branch has one).
+  c.nonfinite_guard = 'auto'
 
   c.evals = ml_collections.ConfigDict()  # named evaluators: evals/registry.py evaluator(kind=..., ...)
 
@@ -149,7 +158,9 @@ def resolved_total_steps(config: ml_collections.ConfigDict) -> int:
 _CHOICES = {
     'model.variant': ('superclip', 'clip', 'superclass'),
     'model.compute_dtype': ('float32', 'bfloat16'),
-    'model.remat': ('none', 'full', 'dots', 'elementwise'),
+    'model.remat': ('auto', 'none', 'full', 'dots', 'elementwise'),
+    'model.attention': ('auto', 'xla', 'cudnn'),
+    'nonfinite_guard': ('auto', 'cond', 'select'),
     'loss.contrastive': ('softmax', 'sigmoid', 'none'),
     'loss.idf': ('online', 'offline', 'none'),
     'optim.schedule': ('cosine', 'constant'),
@@ -211,6 +222,8 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
                     'and give them as --config.data.shards=DIR (for a recipe config: CONFIG.py:data=DIR)')
   if config.data.global_batch_size <= 0:
     raise UserError('data.global_batch_size must be positive')
+  if not (config.data.workers == 'auto' or str(config.data.workers).isdigit()):
+    raise UserError(f"data.workers={config.data.workers!r}: use 'auto' or a number of worker processes (0: threads)")
   if config.optim.accum_steps < 1:
     raise UserError('optim.accum_steps must be >= 1')
   if len(tuple(config.mesh.shape)) != 3:

@@ -1,17 +1,21 @@
-"""Compile-only fit check: will this config's train step fit the chips, before paying for them?
+"""Compile-only check: will this config's train step fit the chips, and what will they run?
 
   python -m superclip_jax.main --config configs/superclip_b16.py --dry_run --topology v5e:16x16
+  python -m superclip_jax.main --config configs/superclip_b16.py --dry_run --topology h200:8 --dry_run_dir DIR
 
 Builds the abstract train state and batch (no data, no parameters allocated) and compiles
-the real train step, for the devices present or for a TPU topology that libtpu describes
-on a CPU-only machine (`pip install -r requirements-tpu.txt`). Prints the parameter count,
-per-device bytes (arguments, outputs, temporaries, total) against the chip's memory,
-FLOPs per step (analytic, the program's dots and XLA's count corrected for scans) and
-the compile time; `fits` is False (exit status 1) when the step does not fit.
+the real train step, for the devices present or for a topology described on this machine
+(compile_targets.py: TPU pods through libtpu, GPU nodes through jax's CUDA plugin). The
+'auto' settings are resolved for the target's backend (platform_defaults.py). Prints the
+parameter count, per-device bytes against the chip's memory, FLOPs per step, the compile
+time and what the compiled program does (hlo_facts.py: fused attention, conditionals,
+collectives); `fits` is False (exit status 1) when the step does not fit. --dry_run_dir
+keeps report.json and the compiled step's HLO text (step.hlo.txt).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -21,23 +25,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from superclip_jax import config_defaults, flops, idf, optim, sharding, train_state, train_step
-from superclip_jax.errors import UserError
+from superclip_jax import (
+  compile_targets,
+  config_defaults,
+  flops,
+  hlo_facts,
+  idf,
+  optim,
+  platform_defaults,
+  sharding,
+  storage,
+  train_state,
+  train_step,
+)
 from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
-
-
-def topology_devices(name: str) -> list:
-  """Abstract devices of a TPU topology such as 'v5e:16x16' (needs libtpu: the jax[tpu] extra)."""
-  for key, value in (('TPU_ACCELERATOR_TYPE', name.replace(':', '-')), ('TPU_WORKER_HOSTNAMES', 'localhost'),
-                     ('TPU_WORKER_ID', '0'), ('TPU_SKIP_MDS_QUERY', '1')):
-    os.environ.setdefault(key, value)  # libtpu otherwise probes a metadata server that is not there
-  from jax.experimental import topologies
-  try:
-    return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices)
-  except Exception as e:  # no libtpu, or an unknown topology name
-    raise UserError(f"--topology {name}: libtpu cannot describe it ({str(e).splitlines()[0][:300]}); "
-                    "install the TPU extra (pip install -r requirements-tpu.txt) and use names such as "
-                    "v5e:16x16, v6e:16x16, v4:4x4x8, v5p:4x4x8") from e
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -74,11 +75,14 @@ def _flops(x: float) -> str:
   return f'{x / 1e12:.1f} T' if x >= 1e12 else f'{x / 1e9:.2f} G'
 
 
-def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: bool = False) -> dict[str, Any]:
-  """Compile the config's train step; returns (and prints) the report."""
+def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: bool = False,
+        out_dir: str | None = None) -> dict[str, Any]:
+  """Compile the config's train step; returns (and prints) the report, and writes it to `out_dir`."""
   jax.config.update('jax_threefry_partitionable', True)
   config_defaults.validate(config, training=False)
-  devices = topology_devices(topology) if topology else jax.devices()
+  devices = compile_targets.devices(topology) if topology else jax.devices()
+  platform = devices[0].platform
+  config = platform_defaults.resolve(config, platform)
   mesh = sharding.make_mesh(config.mesh.shape, devices)
   rules = tuple(tuple(r) for r in config.mesh.rules)
   sharding.check_batch_divides(config.data.global_batch_size, mesh)
@@ -97,37 +101,52 @@ def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: b
   with jax.set_mesh(mesh):
     lowered = jitted.lower(target, batch)
     try:
-      compiled = lowered.compile()
+      compiled = lowered.compile(compile_targets.compile_options(platform, compile_only=bool(topology)))
     except Exception as e:  # XLA reports an over-budget program as RESOURCE_EXHAUSTED at compile time
       if 'RESOURCE_EXHAUSTED' not in str(e) and 'memory' not in str(e).lower():
         raise
       error = str(e).splitlines()[0][:400]
   compile_s = time.perf_counter() - start
-  kind = getattr(devices[0], 'device_kind', str(devices[0].platform))
+  kind = getattr(devices[0], 'device_kind', str(platform))
   limit = flops.device_memory(devices[0])
-  cores = 1 + max(int(getattr(d, 'core_on_chip', 0) or 0) for d in devices)
+  cores = flops.cores_per_chip(devices)
   if cores > 1 and limit:
     limit //= cores  # a device is one TensorCore of a chip (no megacore): its share of the chip's memory
+  usable = limit
+  if limit and platform == 'gpu' and topology:
+    # JAX's GPU allocator takes this share of the memory (launch/ sets 0.92; JAX's default is 0.75).
+    usable = int(limit * float(os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.92')))
   report: dict[str, Any] = {
-      'topology': topology or f'{len(devices)} x {kind}', 'device_kind': kind, 'devices': len(devices),
-      'chips': len(devices) // cores,
+      'topology': topology or f'{len(devices)} x {kind}', 'device_kind': kind, 'platform': platform,
+      'devices': len(devices), 'chips': len(devices) // cores,
       'mesh': dict(mesh.shape), 'global_batch': config.data.global_batch_size,
       'accum_steps': int(config.optim.accum_steps), 'remat': config.model.remat,
-      'parameters': count_params(model_def.shapes()), 'compile_seconds': compile_s,
-      'device_memory_bytes': limit, 'analytic_flops_per_step': flops.analytic_step_flops(
-          model_def.cfg, config.data.global_batch_size)}
+      'attention': config.model.attention, 'nonfinite_guard': config.nonfinite_guard,
+      'compute_dtype': config.model.compute_dtype,
+      'parameters': count_params(model_def.shapes()), 'largest_parameter_bytes': max(
+          int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(model_def.shapes())),
+      'compile_seconds': compile_s, 'device_memory_bytes': limit, 'usable_memory_bytes': usable,
+      'analytic_flops_per_step': flops.analytic_step_flops(model_def.cfg, config.data.global_batch_size)}
+  hlo_text = None
   if compiled is not None:
     report.update(_memory(compiled))
     with jax.set_mesh(mesh):
       report.update(flops.step_flops_report(jitted, (target, batch), compiled, num_devices=len(devices)))
-    report['fits'] = limit is None or report.get('total_bytes', 0) <= limit
+    report['fits'] = usable is None or report.get('total_bytes', 0) <= usable
+    hlo_text = compiled.as_text()
+    report['program'] = hlo_facts.facts(hlo_text)
   else:
     report['fits'] = False
     report['error'] = error
-  peak = flops.peak_flops(kind)
+  peak = flops.total_peak_flops(devices)
   if peak:
-    # The step time the model FLOPs imply at 50% of every chip's bf16 peak.
-    report['step_seconds_at_50pct_mfu'] = report['analytic_flops_per_step'] / (0.5 * peak * len(devices) / cores)
+    # The step time the model FLOPs imply at 50% of the sum of the chips' bf16 peaks.
+    report['step_seconds_at_50pct_mfu'] = report['analytic_flops_per_step'] / (0.5 * peak)
+  if out_dir:
+    storage.makedirs(out_dir)
+    storage.write_text(storage.join(out_dir, 'report.json'), json.dumps(report, indent=1, sort_keys=True) + '\n')
+    if hlo_text is not None:
+      storage.write_text(storage.join(out_dir, 'step.hlo.txt'), hlo_text)
   if not quiet:
     print(format_report(report), flush=True)
   return report
@@ -136,19 +155,24 @@ def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: b
 def format_report(r: dict[str, Any]) -> str:
   """The report as a few aligned lines."""
   lines = [f"dry run: {r['topology']} ({r['device_kind']}), mesh {r['mesh']}, global batch {r['global_batch']}"
-           f" (accum {r['accum_steps']}), remat {r['remat']}",
+           f" (accum {r['accum_steps']}), {r['compute_dtype']}, remat {r['remat']}, attention {r['attention']}, "
+           f"non-finite guard {r['nonfinite_guard']}",
            f"  parameters            {r['parameters'] / 1e6:.1f}M",
            f"  compile time          {r['compile_seconds']:.1f} s"]
   if 'total_bytes' in r:
     lines += [f"  per device: arguments {_gib(r['argument_bytes'])}, outputs {_gib(r['output_bytes'])} "
               f"(aliased {_gib(r['alias_bytes'])}), temporaries {_gib(r['temp_bytes'])}",
-              f"  per device total      {_gib(r['total_bytes'])} of {_gib(r['device_memory_bytes'])}"]
+              f"  per device total      {_gib(r['total_bytes'])} of {_gib(r['usable_memory_bytes'])}"
+              + (f" usable ({_gib(r['device_memory_bytes'])} on the chip)"
+                 if r['usable_memory_bytes'] != r['device_memory_bytes'] else '')]
   lines.append(f"  FLOPs per step        analytic {_flops(r['analytic_flops_per_step'])}"
                + (f", program dots {_flops(r['program_dot_flops'])}" if 'program_dot_flops' in r else '')
                + (f", XLA corrected {_flops(r['xla_flops_corrected'])} "
                   f"(reported {_flops(r['xla_flops_reported'])})" if 'xla_flops_corrected' in r else ''))
   if 'step_seconds_at_50pct_mfu' in r:
     lines.append(f"  step time at 50% MFU  {r['step_seconds_at_50pct_mfu']:.2f} s")
-  verdict = 'yes' if r['fits'] else 'NO'
+  if 'program' in r:
+    lines.append(f"  compiled program      {hlo_facts.summary_line(r['program'])}")
+  verdict = 'yes' if r['fits'] else 'NO (try --config.model.remat=full or --config.optim.accum_steps=K)'
   lines.append(f"  fits                  {verdict}" + (f": {r['error']}" if r.get('error') else ''))
   return '\n'.join(lines)

@@ -16,28 +16,39 @@ from typing import Any
 import jax
 import numpy as np
 
-# Dense bf16 peak FLOP/s per chip (per device as JAX sees it), from the vendors' data sheets.
+from superclip_jax import compile_targets
+
+# Dense bf16 peak FLOP/s of one chip, keyed by the exact `device_kind` JAX reports (the
+# vendors' data sheets). Exact keys: an H100 PCIe or an H200 NVL must not get the SXM peak
+# through a shared prefix, and an unknown kind gets no MFU rather than a guessed one.
 PEAK_BF16_FLOPS = {
-    'TPU v4': 275e12,  # one v4 chip (megacore: one JAX device)
+    'TPU v4': 275e12,
     'TPU v5 lite': 197e12,  # v5e
     'TPU v5e': 197e12,
+    'TPU v5': 459e12,  # v5p
     'TPU v5p': 459e12,
-    'TPU v5': 459e12,
     'TPU v6 lite': 918e12,  # v6e (Trillium)
     'TPU v6e': 918e12,
-    'NVIDIA A100-SXM4-80GB': 312e12,
     'NVIDIA A100-SXM4-40GB': 312e12,
+    'NVIDIA A100-SXM4-80GB': 312e12,
+    'NVIDIA A100-PCIE-40GB': 312e12,
     'NVIDIA A100 80GB PCIe': 312e12,
-    'NVIDIA H100 80GB HBM3': 989e12,
-    'NVIDIA H100': 989e12,
-    'NVIDIA H200': 989e12,
+    'NVIDIA H100 80GB HBM3': 989e12,  # H100 SXM
+    'NVIDIA H100 PCIe': 756e12,
+    'NVIDIA H100 NVL': 835e12,
+    'NVIDIA H200': 989e12,  # H200 SXM as the driver names it
+    'NVIDIA H200 141GB HBM3e': 989e12,  # H200 SXM as XLA's device description names it
+    'NVIDIA H200 NVL': 835e12,
+    'NVIDIA B200': 2250e12,
 }
 
-# Per-device memory of the accelerators a dry run is checked against (bytes).
+# Memory of one chip (bytes), for devices that do not report it: TPUs, and the abstract
+# devices of a compile-only topology. Real GPUs report their own (memory_stats).
 DEVICE_MEMORY = {
     'TPU v4': 32 * 2 ** 30,
     'TPU v5 lite': 16 * 2 ** 30,
     'TPU v5e': 16 * 2 ** 30,
+    'TPU v5': 95 * 2 ** 30,
     'TPU v5p': 95 * 2 ** 30,
     'TPU v6 lite': 32 * 2 ** 30,
     'TPU v6e': 32 * 2 ** 30,
@@ -45,12 +56,22 @@ DEVICE_MEMORY = {
 
 
 def peak_flops(device_kind: str) -> float | None:
-  """Known bf16 peak of a device kind (longest matching name), or None."""
-  best = None
-  for name, value in PEAK_BF16_FLOPS.items():
-    if device_kind.startswith(name) and (best is None or len(name) > len(best[0])):
-      best = (name, value)
-  return best[1] if best else None
+  """The bf16 peak of one chip of this exact device kind, or None when it is not in the table."""
+  return PEAK_BF16_FLOPS.get(device_kind)
+
+
+def cores_per_chip(devices) -> int:
+  """JAX devices per chip: 1, or 2 for a v4/v5p topology described core by core (no megacore)."""
+  return 1 + max(int(getattr(d, 'core_on_chip', 0) or 0) for d in devices)
+
+
+def total_peak_flops(devices) -> float | None:
+  """The sum of the chips' bf16 peaks over `devices` (all of a job's), or None if any kind is unknown."""
+  devices = list(devices)
+  peaks = [peak_flops(getattr(d, 'device_kind', '')) for d in devices]
+  if not devices or any(p is None for p in peaks):
+    return None
+  return sum(peaks) / cores_per_chip(devices)
 
 
 def device_memory(device) -> int | None:
@@ -59,13 +80,12 @@ def device_memory(device) -> int | None:
     stats = device.memory_stats()
     if stats and stats.get('bytes_limit'):
       return int(stats['bytes_limit'])
-  except Exception:  # CPU and abstract TPU devices have no memory stats
+  except Exception:  # CPU and abstract devices have no memory stats
     pass
   kind = getattr(device, 'device_kind', '')
-  for name, value in sorted(DEVICE_MEMORY.items(), key=lambda kv: -len(kv[0])):
-    if kind.startswith(name):
-      return value
-  return None
+  if kind in DEVICE_MEMORY:
+    return DEVICE_MEMORY[kind]
+  return compile_targets.gpu_memory_bytes(kind)  # the shipped GPU descriptions know their memory
 
 
 def _tower_forward(width: int, depth: int, tokens: int, mlp_ratio: float) -> float:
@@ -150,6 +170,7 @@ def step_flops_report(fn, args: tuple, compiled=None, num_devices: int = 1) -> d
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla = float(cost.get('flops', 0.0)) * num_devices if cost else 0.0
-    out['xla_flops_reported'] = xla
-    out['xla_flops_corrected'] = xla + (full - once)
+    if xla > 0:  # a deviceless GPU compile reports none
+      out['xla_flops_reported'] = xla
+      out['xla_flops_corrected'] = xla + (full - once)
   return out

@@ -7,6 +7,7 @@ compiles the real step for the devices present or a TPU topology and reports mem
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -25,7 +26,10 @@ _INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
                                      'Seconds to wait for every process to join before aborting.')
 _HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without a heartbeat before a peer counts as dead.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the train step and report its memory and FLOPs; no training.')
-_TOPOLOGY = flags.DEFINE_string('topology', None, "With --dry_run: a TPU topology such as 'v5e:16x16' (needs libtpu).")
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, "With --dry_run: compile for devices this machine lacks: a TPU topology such as 'v5e:16x16' "
+    "(the tpu extra) or GPU nodes such as 'h200:8' or 'h200:2x8' (the gpu extra); see compile_targets.py.")
+_DRY_RUN_DIR = flags.DEFINE_string('dry_run_dir', None, 'With --dry_run: write report.json and step.hlo.txt here.')
 
 
 def main(argv):
@@ -35,7 +39,7 @@ def main(argv):
     config = cli.config_value(_CONFIG, training=not _DRY_RUN.value)
     if _DRY_RUN.value:
       from superclip_jax import dry_run
-      report = dry_run.run(config, topology=_TOPOLOGY.value)
+      report = dry_run.run(config, topology=_TOPOLOGY.value, out_dir=_DRY_RUN_DIR.value)
       sys.exit(0 if report['fits'] else 1)
     if not _WORKDIR.value:
       raise app.UsageError('--workdir is required')
@@ -51,5 +55,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  if '--topology' in ' '.join(sys.argv):
+    # A compile for devices this machine lacks runs on the CPU backend; probing for a GPU
+    # (a CUDA plugin on a machine without one) would only cost time and warnings.
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   allocator.reexec_with_mimalloc()  # before anything allocates: see allocator.py
   cli.run(main, 'superclip_jax.main')

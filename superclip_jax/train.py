@@ -18,6 +18,7 @@ from superclip_jax import (
   metric_writers,
   metrics,
   optim,
+  platform_defaults,
   sharding,
   storage,
   train_state,
@@ -56,6 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   # Random bits generated shard-locally: sharded init gives the same values on any mesh.
   jax.config.update('jax_threefry_partitionable', True)
   config_defaults.validate(config)
+  config = platform_defaults.resolve(config, jax.devices()[0].platform)  # the 'auto' settings for this backend
   total_steps = config_defaults.resolved_total_steps(config)
   global_batch = config.data.global_batch_size
 
@@ -104,7 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   # ---- The jitted train step --------------------------------------------------------------
   step_fn, collection = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
   flops_per_step = flops.analytic_step_flops(model_def.cfg, global_batch)
-  peak = flops.peak_flops(jax.devices()[0].device_kind)
+  peak = flops.total_peak_flops(jax.devices())  # every chip of the job: MFU is the job's, not one chip's
 
   # ---- The loop ---------------------------------------------------------------------------
   history = []

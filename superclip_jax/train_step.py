@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from superclip_jax import idf, losses, metrics, sharding
+from superclip_jax import idf, losses, metrics, platform_defaults, sharding
 from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelDef
 from superclip_jax.train_state import TrainState
@@ -100,10 +100,20 @@ def make_loss_fn(model_def: ModelDef, config: ml_collections.ConfigDict, rules) 
   return full if k == 1 else accumulated
 
 
+def _square_sum(x: jax.Array) -> jax.Array:
+  letters = 'abcdefghijklmnopqrstuvwxyz'[:x.ndim]
+  return jnp.einsum(f'{letters},{letters}->', x, x, preferred_element_type=jnp.float32)
+
+
 def global_norm(tree) -> jax.Array:
-  """The L2 norm over every leaf, each leaf's square sum as a dot: optax.tree.norm's x * x
-  is shared with Adam's second moment and gets materialised in full (XLA CPU)."""
-  return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree)))
+  """The L2 norm over every leaf, each leaf's square sum as a dot over all its dimensions.
+
+  A dot, not optax.tree.norm's x * x: that product is shared with Adam's second moment and
+  materialised in full on XLA:CPU. Over all dimensions, not jnp.vdot's flattened vectors:
+  flattening a sharded leaf made the partitioner all-gather every gradient in f32 (8 CPU
+  devices); this form is a partial sum per device and one scalar all-reduce on every target.
+  """
+  return jnp.sqrt(sum(_square_sum(x) for x in jax.tree.leaves(tree)))
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -112,6 +122,9 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
   cfg = model_def.cfg
   loss_fn = make_loss_fn(model_def, config, rules)
   logit_scale_max = config.loss.logit_scale_max
+  guard = config.nonfinite_guard
+  if guard == 'auto':  # not resolved for a target by platform_defaults: the backend this process runs
+    guard = platform_defaults.NONFINITE_GUARD.get(jax.default_backend(), 'select')
 
   def step_fn(state: TrainState, batch: dict[str, jax.Array]):
     with sharding.use_rules(rules):
@@ -132,10 +145,12 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
 
     # A NaN/Inf loss or gradient never reaches the state: the update (and the batch's IDF
     # counts) are dropped and the step recorded; the host stops or goes on (config.nonfinite).
-    # A cond rather than a select over every leaf: the skipped branch costs nothing.
-    params, opt_state, counts = jax.lax.cond(
-        finite, update, lambda params, opt_state, _: (params, opt_state, state.idf_counts),
-        state.params, state.opt_state, counts)
+    old = (state.params, state.opt_state, state.idf_counts)
+    if guard == 'cond':  # the skipped branch costs nothing (CPU)
+      params, opt_state, counts = jax.lax.cond(finite, update, lambda *_: old, state.params, state.opt_state, counts)
+    else:  # a select fuses into the update's elementwise ops: no branch, so no host round trip (GPU)
+      new = update(state.params, state.opt_state, counts)
+      params, opt_state, counts = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     outputs = {'loss': total, **parts, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step)}
     if 'logit_scale' in params:
       outputs['logit_scale'] = jnp.exp(params['logit_scale'])

@@ -159,9 +159,11 @@ def test_init_from_export_takes_only_the_image_tower(tmp_path):
     train.run(bad, str(tmp_path / 'bad'))
 
 
-@pytest.mark.parametrize('mode', ['stop', 'skip'])
-def test_nonfinite_guard(tmp_path, mode):
+@pytest.mark.parametrize('mode,guard', [('stop', 'cond'), ('skip', 'cond'), ('skip', 'select')])
+def test_nonfinite_guard(tmp_path, mode, guard):
+  # 'cond' is the CPU's form of the guard, 'select' the accelerators' (no branch): both drop the update.
   config = _config(nonfinite=mode, total_steps=4, log_every_steps=1)
+  config.nonfinite_guard = guard
   config.checkpoint.every_steps = 1
   config.mesh.shape = (8, 1, 1)
   config.optim.learning_rate = 1e30  # the first update makes every later loss non-finite

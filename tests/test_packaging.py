@@ -45,7 +45,11 @@ def test_pip_install_into_a_fresh_venv_then_import_elsewhere(tmp_path):
   # The package and its dependencies from pyproject.toml (pip's cache makes this about 2 minutes).
   proc = subprocess.run([py, '-m', 'pip', 'install', '-q', ROOT], capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  proc = subprocess.run([py, '-c', 'import superclip_jax, superclip_jax.train; print(superclip_jax.__file__)'],
+  # The GPU device descriptions (--dry_run --topology h200:8) are package data: installed with it.
+  probe = ('import superclip_jax, superclip_jax.train; from superclip_jax import compile_targets; '
+           "assert all(compile_targets.gpu_target_text(n) for n in compile_targets.GPU_TARGETS); "
+           'print(superclip_jax.__file__)')
+  proc = subprocess.run([py, '-c', probe],
                         cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert str(venv) in proc.stdout and ROOT not in proc.stdout

@@ -11,6 +11,8 @@ bytes, so their ratios are meaningful on a shared machine. Stages:
                   bicubic) to 224, to float and CLIP-normalise (CHW float32, as its loader yields)
   decode_augment  decode + RandomResizedCrop(scale 0.9-1) + bicubic resize to 224, uint8
   pipeline        the Grain pipeline (record parse, decode, crop, token padding, batching)
+Then the whole pipeline of one training process as the trainer runs it, at 224 px, with 1, 2
+and all cores' worth of Grain worker processes (--workers): images/s per training process.
 """
 
 from __future__ import annotations
@@ -73,8 +75,33 @@ def openclip_style(jpeg: bytes, size: int, rng: np.random.Generator) -> np.ndarr
   return ((np.asarray(img, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
 
 
-def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0) -> dict[str, float]:
-  """Measure each stage; returns images/s per core."""
+def pipeline_rate(shards: str, size: int, workers: int, min_seconds: float, batch: int = 64) -> float:
+  """End-to-end images/s of one training process's pipeline with `workers` Grain worker processes."""
+  from superclip_jax.data import pipeline
+  it = pipeline.ShardBatches(pipeline.PipelineConfig(
+      shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=size, context_length=77,
+      seed=0, workers=workers, prefetch=2))
+  try:
+    for _ in range(max(workers, 1)):  # the workers' start-up and first batches are not the steady rate
+      next(it)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+      next(it)
+      n += batch
+    return n / (time.perf_counter() - start)
+  finally:
+    it.close()
+
+
+def default_worker_counts() -> list[int]:
+  """1, 2 and every core of this process (data.workers='auto' uses all but one)."""
+  from superclip_jax.data import pipeline
+  return sorted({1, 2, pipeline.host_cores()})
+
+
+def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0,
+        worker_counts: tuple[int, ...] = ()) -> dict[str, float]:
+  """Measure each stage (images/s per core) and the whole pipeline with worker processes (images/s)."""
   import grain
   from PIL import Image
 
@@ -104,6 +131,9 @@ def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0
     n += batch
   results['pipeline'] = n / (time.perf_counter() - start)
   results['pipeline_over_openclip_pil'] = results['pipeline'] / results['openclip_pil']
+  it.close()
+  for workers in worker_counts:
+    results[f'pipeline_workers_{workers}'] = pipeline_rate(shards, size, workers, min_seconds)
   results['mean_source_side'] = float(np.mean([min(s[:2]) for s in shapes]))
   return results
 
@@ -115,16 +145,21 @@ def main(argv=None):
   parser.add_argument('--synthesize', type=int, default=0, help='make shards of N ~256-px JPEGs first')
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--seconds', type=float, default=3.0, help='minimum time per stage')
+  parser.add_argument('--workers', default='', help='comma-separated worker counts for the end-to-end rate '
+                      '(default: 1, 2 and every core of this process)')
   args = parser.parse_args(argv)
   os.environ.setdefault('OMP_NUM_THREADS', '1')
   from superclip_jax import cli
   with cli.user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
-    r = run(shards, args.size, min_seconds=args.seconds)
+    counts = tuple(int(w) for w in args.workers.split(',') if w) or tuple(default_worker_counts())
+    r = run(shards, args.size, min_seconds=args.seconds, worker_counts=counts)
   print(f"source images: shorter side {r['mean_source_side']:.0f} px; output {args.size} px; one process, one core")
   for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline'):
     print(f'{stage:15s} {r[stage]:8.0f} images/s per core   ({r[stage] / r["decode"]:.2f} x decode)')
   print(f"pipeline / OpenCLIP-style PIL: {r['pipeline_over_openclip_pil']:.2f}")
+  for key in sorted((k for k in r if k.startswith('pipeline_workers_')), key=lambda k: int(k.rsplit('_', 1)[1])):
+    print(f"pipeline with {key.rsplit('_', 1)[1]} worker process(es): {r[key]:8.0f} images/s per training process")
   print(json.dumps({k: round(v, 1) for k, v in r.items()}))
 
 

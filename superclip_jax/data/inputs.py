@@ -29,7 +29,7 @@ def training_batches(config: ml_collections.ConfigDict, rows, start_step: int = 
       global_batch_size=global_batch, rows=tuple(rows), image_size=config.model.image_size,
       context_length=config.model.context_length,
       long_context_length=config.data.long_context_length if config.data.long_captions else 0,
-      train=True, seed=config.seed, workers=config.data.workers, threads=config.data.threads,
+      train=True, seed=config.seed, workers=pipeline.resolve_workers(config.data.workers), threads=config.data.threads,
       prefetch=config.data.prefetch, crop_scale=tuple(config.data.crop_scale)), start_step)
   check_tokenizer_matches(config, batches.tokenizer, config.data.shards)
   return batches

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -49,6 +50,33 @@ class PipelineConfig:
   prefetch: int = 2  # batches decoded ahead
   crop_scale: tuple[float, float] = (0.9, 1.0)
   max_examples: int = 0  # evaluation: only the first N records (0: all)
+
+
+def host_cores() -> int:
+  """Cores this training process may use: its CPU affinity (SLURM's --cpus-per-task binds it), or
+  the machine's cores shared by the training processes on this host (LOCAL_WORLD_SIZE,
+  SLURM_NTASKS_PER_NODE) when nothing binds it."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+  if cores == (os.cpu_count() or cores):
+    for name in ('LOCAL_WORLD_SIZE', 'SLURM_NTASKS_PER_NODE'):
+      value = os.environ.get(name, '').split('(')[0]  # SLURM may write '8(x2)'
+      if value.isdigit() and int(value) > 1:
+        return max(1, cores // int(value))
+  return cores
+
+
+def resolve_workers(workers: int | str) -> int:
+  """data.workers as a number of Grain worker processes: 'auto' is every core this process has but
+  one (the training loop's own), 0 (decode in threads) on a single core."""
+  if isinstance(workers, str):
+    if workers == 'auto':
+      return host_cores() - 1
+    if not workers.isdigit():
+      raise UserError(f"data.workers={workers!r}: use 'auto' or a number of worker processes (0: threads)")
+    workers = int(workers)
+  if workers < 0:
+    raise UserError(f"data.workers={workers}: use 'auto' or a number of worker processes >= 0 (0: threads)")
+  return int(workers)
 
 
 def check_compatible(manifests: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -95,11 +95,9 @@ def replicate(x: jax.Array) -> jax.Array:
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
   """Softmax attention on head-major (B, H, T, K) queries, keys and values; logits and softmax in float32.
 
-  Head-major operands make both attention matmuls plain matmuls batched over (B, H).
-  jax.nn.dot_product_attention takes (B, T, H, K) and transposes q, k, v, its output and
-  their cotangents around them: 5.7% of the whole ViT-B/16 step at 224 px on CPU
-  (benchmarks/vs_pytorch.py, interleaved A/B). Queries are scaled before the product, as
-  OpenAI CLIP and OpenCLIP do, which touches T x K values instead of T x T.
+  The CPU's (and TPU's) form: both products are plain matmuls batched over (B, H), with no
+  transposes around them. Queries are scaled before the product, as OpenAI CLIP and
+  OpenCLIP do, which touches T x K values instead of T x T.
   """
   logits = jnp.einsum('bhqk,bhsk->bhqs', q * q.shape[-1] ** -0.5, k, preferred_element_type=jnp.float32)
   if causal:
@@ -107,6 +105,44 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Arr
     logits = jnp.where(jnp.tril(jnp.ones((t, s), bool)), logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqs,bhsk->bhqk', probs, v)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, implementation: str) -> jax.Array:
+  """Softmax attention on token-major (B, T, H, K) operands through jax.nn.dot_product_attention.
+
+  implementation='cudnn' is cuDNN's fused flash attention on NVIDIA GPUs (bf16/fp16 only);
+  'xla' is the same function's reference path, which runs anywhere (the tests compare it
+  with `attention`). An odd length (197 patches + CLS, 77 text positions) is padded by one
+  position that the length mask hides: jax 0.10's cuDNN training path refuses odd lengths
+  ("Unsupported sequence length"). Both implementations take the same padded path.
+  """
+  t = q.shape[1]
+  if t % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+  q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
+  lengths = jnp.full((q.shape[0],), t, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
+                                     key_value_seq_lengths=lengths, implementation=implementation)
+  return out[:, :t]
+
+
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn')
+
+
+def attention_implementation(requested: str, platform: str, compute_dtype, head_dim: int) -> str:
+  """'xla' (the einsum `attention`) or 'cudnn' (fused_attention) for a requested setting on a platform.
+
+  'auto' takes cuDNN's fused kernel on GPUs wherever it accepts the operands (16-bit, head
+  dim a multiple of 8 up to 128), and the einsum elsewhere: XLA no longer pattern-matches
+  the einsum into the fused kernel, and on CPU the einsum is the fastest form.
+  """
+  if requested not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation {requested!r}: use one of {ATTENTION_IMPLEMENTATIONS}')
+  if requested != 'auto':
+    return requested
+  fits = jnp.dtype(compute_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 \
+      and head_dim <= 128
+  return 'cudnn' if platform == 'gpu' and fits else 'xla'
 
 
 _REMAT_POLICIES = {
@@ -117,13 +153,21 @@ _REMAT_POLICIES = {
     # to store and reload than 'none': 0.86x the step time of 'none' at 224 px on CPU.
     'elementwise': jax.checkpoint_policies.dots_saveable,
 }
+# What remat='auto' means per backend (platform_defaults.py says why).
+DEFAULT_REMAT = {'cpu': 'elementwise', 'gpu': 'dots', 'tpu': 'dots'}
+
+
+def remat_setting(requested: str, platform: str) -> str:
+  """A concrete remat setting: `requested`, or the backend's default for 'auto'."""
+  return DEFAULT_REMAT.get(platform, 'dots') if requested == 'auto' else requested
 
 
 class Transformer(nnx.Module):
   """`depth` pre-LN residual blocks (attention, MLP) as in OpenAI CLIP, scanned over layers."""
 
   def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, *, causal: bool,
-               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs, scan: bool = True):
+               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs, scan: bool = True,
+               attention: str = 'auto'):
     if width % heads:
       raise ValueError(f'width {width} is not divisible by heads {heads}')
     head_dim = width // heads
@@ -146,15 +190,22 @@ class Transformer(nnx.Module):
     self.remat = remat
     self.scan = scan
     self.depth = depth
+    self.attention = attention
 
   def _block(self, x: jax.Array, p) -> jax.Array:
     dt = self.compute_dtype
     h = layer_norm(x, p['ln_1']['scale'], p['ln_1']['bias'])
     w_in, b_in = p['attn_in']['kernel'].astype(dt), p['attn_in']['bias'].astype(dt)
-    # Projected straight into head-major (B, H, T, K): see `attention`.
-    q, k, v = (jnp.einsum('btd,dhk->bhtk', h, w_in[:, i]) + b_in[i][:, None, :] for i in range(3))
-    o = attention(q, k, v, causal=self.causal)
-    x = x + jnp.einsum('bhtk,hkd->btd', o, p['attn_out']['kernel'].astype(dt)) + p['attn_out']['bias'].astype(dt)
+    w_out = p['attn_out']['kernel'].astype(dt)
+    impl = attention_implementation(self.attention, jax.default_backend(), dt, w_in.shape[-1])
+    if impl == 'xla':
+      # Projected straight into head-major (B, H, T, K): see `attention`.
+      q, k, v = (jnp.einsum('btd,dhk->bhtk', h, w_in[:, i]) + b_in[i][:, None, :] for i in range(3))
+      o = jnp.einsum('bhtk,hkd->btd', attention(q, k, v, causal=self.causal), w_out)
+    else:
+      q, k, v = (jnp.einsum('btd,dhk->bthk', h, w_in[:, i]) + b_in[i] for i in range(3))
+      o = jnp.einsum('bthk,hkd->btd', fused_attention(q, k, v, self.causal, impl), w_out)
+    x = x + o + p['attn_out']['bias'].astype(dt)
     h = layer_norm(x, p['ln_2']['scale'], p['ln_2']['bias'])
     h = h @ p['mlp_fc']['kernel'].astype(dt) + p['mlp_fc']['bias'].astype(dt)
     h = gelu(h, self.quick_gelu)
@@ -167,8 +218,9 @@ class Transformer(nnx.Module):
     def body(carry, layer_params):
       return self._block(carry, layer_params), None
 
-    if self.remat != 'none':
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.remat], prevent_cse=False)
+    remat = remat_setting(self.remat, jax.default_backend())
+    if remat != 'none':
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
     x = x.astype(self.compute_dtype)
     if self.scan:
       x, _ = jax.lax.scan(body, x, stacked)

@@ -31,6 +31,7 @@ class ModelConfig:
   quick_gelu: bool = False
   compute_dtype: str = 'float32'
   remat: str = 'none'
+  attention: str = 'auto'  # layers.attention_implementation: 'auto' | 'xla' | 'cudnn'
   scan_layers: bool = True
   contrastive: str = 'softmax'
   logit_scale_init: float = 2.6592600878
@@ -49,7 +50,7 @@ class ModelConfig:
         variant=m.variant, image=image, text=text, embed_dim=m.embed_dim,
         image_size=m.image_size, vocab_size=m.vocab_size, context_length=m.context_length,
         eot_id=config.tokenizer.eot_id, quick_gelu=m.quick_gelu, compute_dtype=m.compute_dtype,
-        remat=m.remat, scan_layers=m.scan_layers,
+        remat=m.remat, attention=m.attention, scan_layers=m.scan_layers,
         contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
         logit_scale_init=config.loss.logit_scale_init,
         sigmoid_scale_init=config.loss.sigmoid_scale_init,
@@ -57,7 +58,9 @@ class ModelConfig:
 
   def for_inference(self) -> 'ModelConfig':
     """The same model without the token classifier (used in training only); SuperClass keeps it."""
-    return dataclasses.replace(self, variant='clip') if self.variant == 'superclip' else self
+    # Attention back to 'auto': a model trained with cuDNN attention on GPUs evaluates anywhere.
+    cfg = dataclasses.replace(self, attention='auto')
+    return dataclasses.replace(cfg, variant='clip') if cfg.variant == 'superclip' else cfg
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -76,7 +79,8 @@ class TokenClassifier(nnx.Module):
   def __init__(self, width: int, vocab_size: int, compute_dtype, *, rngs: nnx.Rngs):
     self.norm = layers.LayerNorm(width)
     # docs/method.md: weight N(0, width^-0.5), bias 0 (std width^-0.5, i.e. variance 1/width).
-    self.head = layers.Dense((width,), (vocab_size,), ('embed',), ('vocab',), width ** -0.5, rngs=rngs)
+    # Own logical axes, so the mesh rules can split the head apart from the towers (config.mesh.rules).
+    self.head = layers.Dense((width,), (vocab_size,), ('classifier_embed',), ('vocab',), width ** -0.5, rngs=rngs)
     self.compute_dtype = compute_dtype
 
   def pool(self, tokens: jax.Array) -> jax.Array:
@@ -86,8 +90,9 @@ class TokenClassifier(nnx.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """Image tower tokens (B, 1 + P, width) -> float32 logits over the vocabulary (B, V)."""
     h = self.norm(self.pool(tokens)).astype(self.compute_dtype)
-    logits = h @ self.head.kernel[...].astype(self.compute_dtype)
-    return logits.astype(jnp.float32) + self.head.bias[...]
+    # bf16 operands, f32 accumulation and output: 768-term sums are not rounded to bf16.
+    logits = jnp.matmul(h, self.head.kernel[...].astype(self.compute_dtype), preferred_element_type=jnp.float32)
+    return logits + self.head.bias[...]
 
 
 class SuperCLIP(nnx.Module):
@@ -96,7 +101,8 @@ class SuperCLIP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dt = _DTYPES[cfg.compute_dtype]
-    common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs)
+    common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs,
+                  attention=cfg.attention)
     self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.variant != 'superclass' else 0,
                                   **common)
     # A missing part is None (a static attribute); present parts are assigned once.

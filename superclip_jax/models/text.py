@@ -14,7 +14,8 @@ class TextTower(nnx.Module):
   """Token + position embeddings, causal blocks, ln_final, EOT hidden state times text_projection."""
 
   def __init__(self, size: TowerSize, vocab_size: int, context_length: int, embed_dim: int,
-               eot_id: int, *, quick_gelu: bool, compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs):
+               eot_id: int, *, quick_gelu: bool, compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs,
+               attention: str = 'auto'):
     w = size.width
     self.eot_id = eot_id
     self.context_length = context_length
@@ -25,7 +26,7 @@ class TextTower(nnx.Module):
     self.positional_embedding = layers.normal_param(rngs, (context_length, w), 0.01, (None, 'embed'))
     self.transformer = layers.Transformer(
         w, size.depth, size.heads, size.mlp_ratio, causal=True, quick_gelu=quick_gelu,
-        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs)
+        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs, attention=attention)
     self.ln_final = layers.LayerNorm(w)
     self.text_projection = layers.normal_param(rngs, (w, embed_dim), w ** -0.5, ('embed', None))
 
@@ -34,7 +35,8 @@ class TextTower(nnx.Module):
     t = ids.shape[1]
     if t > self.context_length:
       raise ValueError(f'text of length {t} exceeds the context length {self.context_length}')
-    x = jnp.take(layers.replicate(self.token_embedding[...]), ids, axis=0).astype(self.compute_dtype)
+    # Cast before the gather: the table moves (and its gradient returns) in the compute dtype.
+    x = jnp.take(layers.replicate(self.token_embedding[...].astype(self.compute_dtype)), ids, axis=0)
     x = x + self.positional_embedding[:t].astype(self.compute_dtype)
     x = self.transformer(layers.constrain_batch(x))
     x = self.ln_final(x)

@@ -30,7 +30,8 @@ class ImageTower(nnx.Module):
   """Patch embedding (conv without bias), CLS, position embeddings, ln_pre, blocks, ln_post, proj."""
 
   def __init__(self, size: TowerSize, image_size: int, embed_dim: int, *, quick_gelu: bool,
-               compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs):
+               compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs,
+               attention: str = 'auto'):
     p, w = size.patch_size, size.width
     if image_size % p:
       raise ValueError(f'image_size {image_size} is not divisible by patch size {p}')
@@ -46,7 +47,7 @@ class ImageTower(nnx.Module):
     self.ln_pre = layers.LayerNorm(w)
     self.transformer = layers.Transformer(
         w, size.depth, size.heads, size.mlp_ratio, causal=False, quick_gelu=quick_gelu,
-        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs)
+        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs, attention=attention)
     self.ln_post = layers.LayerNorm(w)
     # SuperClass (no text tower) has no contrastive embedding, so no projection to train.
     self.proj = layers.normal_param(rngs, (w, embed_dim), scale, ('embed', None)) if embed_dim else None

@@ -10,6 +10,12 @@ evaluation runs when its shards are given, every eval_every=5000 steps and at th
 the global batch keeping 512M samples seen (the paper's batch-size study). README "Real data"
 gives the commands that build every shard set from the raw downloads.
 
+Memory (compiled for the targets on a CPU, docs/performance.md): with the default remat
+('auto': 'dots' on GPUs and TPUs) the step fits an 8 x H200 node (96.8 of 129.7 GiB usable
+per GPU), 4 nodes of 8 and TPU pods of 256 chips; on an 8 x H100 node (93.7 of 72.8 GiB)
+add --config.model.remat=full (32.8 GiB) or --config.optim.accum_steps=2. Check any
+machine first with --dry_run --topology (h100:8, h200:8, v5e:16x16, ...).
+
 Expected (published, DataComp-1B, 512M samples seen at batch 16,384): ImageNet-1k zero-shot
 top-1 63.5 (CLIP baseline 60.5), ImageNet-v2 55.2, COCO t->i / i->t R@1 31.3 / 47.8,
 Flickr30k t->i / i->t R@1 56.9 / 75.6.

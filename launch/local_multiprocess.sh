@@ -6,15 +6,17 @@
 # Each process gets DEVICES_PER_PROCESS fake CPU devices (default 4) and joins the job
 # through jax.distributed on 127.0.0.1:PORT (PORT: a free port unless given). Logs go to
 # LOG_DIR (default WORKDIR/logs, or a temporary folder for a bucket workdir), one file per
-# process. SIGTERM or Ctrl-C is passed on to every process (they checkpoint and exit).
+# process. SIGTERM or Ctrl-C is passed on to every process (they checkpoint and exit with
+# status 143, checkpoint.preempt_exit_code, and so does this script: run it again to resume).
 # If a process fails, the others are stopped, the failing one is named with its exit
 # status and the end of its log, and the script exits with that status.
 #
 # Environment: DEVICES_PER_PROCESS, PORT, LOG_DIR, PYTHON (default: python), INIT_TIMEOUT
-# (seconds for every process to join, default 120).
+# (seconds for every process to join, default 120), PREEMPT_EXIT_CODE (default 143: the
+# status a process exits with after a preemption's checkpoint, not a failure).
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
 esac
@@ -29,6 +31,7 @@ shift 3
 python=${PYTHON:-python}
 devices=${DEVICES_PER_PROCESS:-4}
 timeout=${INIT_TIMEOUT:-120}
+preempt_status=${PREEMPT_EXIT_CODE:-143}
 port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 if [[ "$workdir" == *://* ]]; then
   log_dir=${LOG_DIR:-$(mktemp -d /tmp/superclip_logs.XXXXXX)}
@@ -45,6 +48,9 @@ stop_all() {
 trap 'echo "local_multiprocess.sh: passing the signal on to ${#pids[@]} processes" >&2; stop_all' TERM INT
 
 for ((i = 0; i < num; i++)); do
+  # PJRT_NPROC: XLA's CPU thread pool, 4 threads per device (its default, one per device on a
+  # small machine, can deadlock when a device runs two collectives at once; tests/conftest.py).
+  PJRT_NPROC=${PJRT_NPROC:-$((4 * devices))} \
   XLA_FLAGS="--xla_force_host_platform_device_count=$devices ${XLA_FLAGS:-}" JAX_PLATFORMS=cpu \
     "$python" -m superclip_jax.main --config "$config" --workdir "$workdir" \
     --coordinator_address="127.0.0.1:$port" --num_processes="$num" --process_id="$i" \
@@ -57,6 +63,7 @@ echo "local_multiprocess.sh: $num processes x $devices CPU devices, coordinator 
 # Wait for every process; the first failure stops the rest.
 status=0
 failed=""
+preempted=0
 while ((${#running[@]} > 0)); do
   done_pid=""
   set +e
@@ -69,7 +76,9 @@ while ((${#running[@]} > 0)); do
     if [[ "$pid" != "$done_pid" ]]; then still+=("$pid"); fi
   done
   running=("${still[@]}")
-  if ((rc != 0)) && [[ -z "$failed" ]]; then
+  if ((rc == preempt_status)); then
+    preempted=1
+  elif ((rc != 0)) && [[ -z "$failed" ]]; then
     for ((i = 0; i < num; i++)); do
       if [[ "${pids[$i]}" == "$done_pid" ]]; then failed=$i; fi
     done
@@ -86,5 +95,9 @@ if [[ -n "$failed" ]]; then
   echo "local_multiprocess.sh: process $failed of $num failed: $why. End of $log_dir/process_$failed.log:" >&2
   tail -n 15 "$log_dir/process_$failed.log" >&2
   exit "$status"
+fi
+if ((preempted)); then
+  echo "local_multiprocess.sh: preempted: every process saved its checkpoint; run the same command to resume" >&2
+  exit "$preempt_status"
 fi
 echo "local_multiprocess.sh: all $num processes finished" >&2

@@ -20,6 +20,7 @@ import signal
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -31,6 +32,50 @@ from superclip_jax.errors import UserError
 
 class IncompatibleCheckpoint(UserError):
   """A checkpoint whose tree does not fit this run's model or optimizer."""
+
+
+class DamagedCheckpoint(RuntimeError):
+  """A checkpoint whose arrays read back other than they were saved (a changed byte)."""
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  """A uint32 checksum of an array's bits: sum over elements of bits x (2 * index + 1), mod 2^32.
+
+  Each element's weight is odd, so any single flipped bit changes the sum.
+  """
+  bits = x.dtype.itemsize * 8
+  if x.dtype == np.bool_:
+    words = x.astype(jnp.uint32)
+  else:
+    words = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{bits}'))
+    if bits > 32:
+      words = (words ^ (words >> 32)).astype(jnp.uint32)
+    words = words.astype(jnp.uint32)
+  index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+  return jnp.sum(words * (2 * index + 1), dtype=jnp.uint32)
+
+
+_fingerprint_all = jax.jit(lambda leaves: [_leaf_fingerprint(x) for x in leaves])
+
+
+def fingerprints(state: Any) -> dict[str, int]:
+  """{leaf name: uint32 checksum} of a (sharded) train state, computed on its devices in one program."""
+  named = flat_names(state)
+  names = sorted(named)
+  values = jax.device_get(_fingerprint_all([named[n] for n in names]))
+  return {n: int(v) for n, v in zip(names, values)}
+
+
+class Preempted(Exception):
+  """The run was asked to stop (SIGTERM, a preemption notice) and saved its checkpoint.
+
+  The command exits with `exit_code` (checkpoint.preempt_exit_code, 143 by default): not 0,
+  so a scheduler that requeues failed jobs runs it again, and it resumes.
+  """
+
+  def __init__(self, step: int, path: str, exit_code: int):
+    super().__init__(f'preempted at step {step}: checkpoint saved to {path}; run the same command to resume')
+    self.step, self.path, self.exit_code = step, path, exit_code
 
 
 def key_name(k) -> str:
@@ -96,7 +141,11 @@ class Checkpointer:
     return step == total_steps or (self.every > 0 and step % self.every == 0)
 
   def save(self, step: int, state, loop: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
-    """Start saving this step (asynchronously); the caller decides when (see `due`)."""
+    """Start saving this step (asynchronously); the caller decides when (see `due`).
+
+    The loop item also records a fingerprint of every state leaf, which `restore` checks.
+    """
+    loop = dict(loop, fingerprints=fingerprints(state))
     return self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         loop=ocp.args.JsonSave(loop),
@@ -126,37 +175,60 @@ class Checkpointer:
   def restore_latest(self, target, config: ml_collections.ConfigDict) -> tuple[Any, dict] | None:
     """(state, loop position) of the newest checkpoint that restores, else None if there is none.
 
-    A damaged newest checkpoint is skipped with a warning naming it and the one before is
-    tried. One that does not fit this run's model stops the run (IncompatibleCheckpoint):
-    falling back to an older one would hide the mistake. If checkpoints exist but none
-    restores, that is an error (a fresh start would silently overwrite them).
+    A damaged step (unreadable metadata, a failed restore, an empty folder) is moved aside
+    to N.damaged (deleted with checkpoint.delete_damaged) with one warning line, and the one
+    before is tried: left in place, Orbax would refuse to save step N again when the run
+    gets there, and the run would crash there on every restart. One that does not fit this
+    run's model stops the run (IncompatibleCheckpoint): falling back to an older one would
+    hide the mistake. If checkpoints exist but none restores, that is an error (a fresh
+    start would silently overwrite them).
     """
     steps = self.steps()
     problems = []
     for step in reversed(steps):
       try:
         self.check_fits(step, target, config)
+        return self.restore(step, target)
       except IncompatibleCheckpoint:
         raise
-      except Exception as e:  # unreadable metadata: a damaged checkpoint
-        problems.append(f'step {step}: {e}')
-        logging.warning('checkpoint %s cannot be read (%s); trying the previous one', self.path(step), e)
-        continue
-      try:
-        return self.restore(step, target)
       except Exception as e:  # Orbax/TensorStore raise many types for damaged files
-        problems.append(f'step {step}: {e}')
-        logging.warning('checkpoint %s cannot be restored (%s); trying the previous one', self.path(step), e)
+        reason = _one_line(e)
+        problems.append(f'step {step}: {reason}')
+        self._set_aside(step, reason, bool(config.checkpoint.delete_damaged))
     if steps:
       raise UserError(f'no usable checkpoint in {self.directory}:\n  ' + '\n  '.join(problems))
     return None
+
+  def _set_aside(self, step: int, reason: str, delete: bool) -> None:
+    """Move an unusable step out of Orbax's sight (process 0 moves, every process waits for it)."""
+    where = 'deleted' if delete else 'moved to ' + set_aside_name(self.path(step))
+    if jax.process_index() == 0:
+      path = storage.Path(self.path(step))
+      if delete:
+        path.rmtree(missing_ok=True)
+      else:
+        path.rename(set_aside_name(self.path(step)))
+      logging.warning('checkpoint %s is damaged (%s): %s; trying the previous one', self.path(step), reason, where)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+    self.manager.reload()
 
   def restore(self, step: int, target) -> tuple[Any, dict]:
     """Restore one step onto `target`'s shardings; returns (state, loop position)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+    loop = dict(restored['loop'] or {})
+    saved = loop.pop('fingerprints', None)
+    if saved is None:
+      logging.info('%s has no fingerprints (written before they were recorded): not verified', self.path(step))
+    else:
+      wrong = sorted(name for name, value in fingerprints(restored['state']).items() if saved.get(name) != value)
+      if wrong:
+        raise DamagedCheckpoint(f'{len(wrong)} arrays differ from their fingerprints at save: {", ".join(wrong[:4])}'
+                                + (' ...' if len(wrong) > 4 else ''))
     logging.info('restored %s', self.path(step))
-    return restored['state'], dict(restored['loop'] or {})
+    return restored['state'], loop
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -201,23 +273,62 @@ class PreemptionWatcher:
 
 
 def checkpoint_dir(workdir: str, step: int | None = None) -> tuple[str, int]:
-  """(step directory, step): the given step's, or the newest finished one, under workdir/checkpoints."""
+  """(step directory, step): the given step's, or the newest readable one, under workdir/checkpoints."""
   if step is None:
     return latest_checkpoint_dir(workdir)
   path = storage.join(storage.absolute(workdir), 'checkpoints', str(step))
   if not storage.exists(path):
     raise UserError(f'{workdir}: no checkpoint of step {step}')
+  problem = unreadable_reason(path)
+  if problem is not None:
+    raise UserError(f'checkpoint {path} is damaged: {problem}')
   return path, step
 
 
 def latest_checkpoint_dir(workdir: str) -> tuple[str, int]:
-  """(path of the newest finished step directory, its step) under workdir/checkpoints."""
+  """(path of the newest readable step directory, its step) under workdir/checkpoints.
+
+  Tools (export, evaluate, init_from, convert) read a workdir that a run may still own, so a
+  damaged step is passed over with a warning but left where it is (the run sets it aside).
+  """
   directory = storage.join(storage.absolute(workdir), 'checkpoints')
   path = storage.Path(directory)
   steps = sorted(int(d.name) for d in path.iterdir() if d.name.isdigit()) if path.exists() else []
-  if not steps:
-    raise UserError(f'no finished checkpoint under {directory}')
-  return storage.join(directory, str(steps[-1])), steps[-1]
+  problems = []
+  for step in reversed(steps):
+    step_dir = storage.join(directory, str(step))
+    problem = unreadable_reason(step_dir)
+    if problem is None:
+      return step_dir, step
+    problems.append(f'step {step}: {problem}')
+    logging.warning('checkpoint %s is damaged (%s); trying the previous one', step_dir, problem)
+  if problems:
+    raise UserError(f'no usable checkpoint in {directory}:\n  ' + '\n  '.join(problems))
+  raise UserError(f'no finished checkpoint under {directory}')
+
+
+def unreadable_reason(step_dir: str) -> str | None:
+  """Why a step directory cannot be read (None if its state's tree metadata reads)."""
+  if not storage.exists(storage.join(step_dir, 'state')):
+    return 'no state'
+  try:
+    ocp.StandardCheckpointer().metadata(storage.join(step_dir, 'state'))
+  except Exception as e:  # Orbax raises many types for damaged metadata
+    return _one_line(e)
+  return None
+
+
+def set_aside_name(path: str) -> str:
+  """PATH.damaged, or PATH.damaged.K where that exists already (a step damaged twice)."""
+  candidate, k = f'{path}.damaged', 1
+  while storage.exists(candidate):
+    candidate, k = f'{path}.damaged.{k}', k + 1
+  return candidate
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return text if len(text) <= 300 else text[:297] + '...'
 
 
 def read_numpy_tree(path: str) -> dict:

@@ -120,6 +120,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep_every = 0  # ... plus every M-th step forever (0: none)
   c.checkpoint.async_save = True  # write checkpoints in the background while training goes on
   c.checkpoint.preemption_check_every = 10  # steps between the processes' agreements on a SIGTERM
+  # Exit status after a SIGTERM's checkpoint is saved: non-zero, so SLURM (--requeue) and
+  # Kubernetes (restartPolicy OnFailure, Job backoffLimit) run it again; 143 = 128 + SIGTERM.
+  c.checkpoint.preempt_exit_code = 143
+  # A damaged step found at resume is moved aside to N.damaged (False) or deleted (True).
+  c.checkpoint.delete_damaged = False
   # OCDBT packs every array into a few large files (Orbax's default); False writes one zarr
   # folder per array, which also works on object stores without conditional writes.
   c.checkpoint.ocdbt = True
@@ -154,6 +159,9 @@ def resolved_total_steps(config: ml_collections.ConfigDict) -> int:
     return int(config.total_steps)
   return int(config.data.num_train_samples // config.data.global_batch_size)
 
+
+_ZERO_MEANS = {'every_steps': 'save only at the end and on preemption', 'keep': 'keep every checkpoint',
+               'keep_every': 'no permanent checkpoints'}
 
 _CHOICES = {
     'model.variant': ('superclip', 'clip', 'superclass'),
@@ -226,6 +234,19 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
     raise UserError(f"data.workers={config.data.workers!r}: use 'auto' or a number of worker processes (0: threads)")
   if config.optim.accum_steps < 1:
     raise UserError('optim.accum_steps must be >= 1')
+  if config.log_every_steps < 1:
+    raise UserError(f'log_every_steps={config.log_every_steps}: must be >= 1 (steps averaged into one metrics row)')
+  if config.total_steps < 0:
+    raise UserError(f'total_steps={config.total_steps}: must be > 0, or 0 for data.num_train_samples // '
+                    'data.global_batch_size')
+  if training and resolved_total_steps(config) <= 0:
+    raise UserError(f'no steps to train: total_steps is 0 and data.num_train_samples={config.data.num_train_samples} '
+                    f'is below one global batch of {config.data.global_batch_size}')
+  for key in ('every_steps', 'keep', 'keep_every'):
+    if config.checkpoint[key] < 0:
+      raise UserError(f'checkpoint.{key}={config.checkpoint[key]}: must be >= 0 (0: {_ZERO_MEANS[key]})')
+  if not 0 <= config.checkpoint.preempt_exit_code <= 255:
+    raise UserError(f'checkpoint.preempt_exit_code={config.checkpoint.preempt_exit_code}: an exit status is 0-255')
   if len(tuple(config.mesh.shape)) != 3:
     raise UserError(f'mesh.shape must have 3 entries (data, fsdp, tensor), got {config.mesh.shape}')
   if not any(name == 'batch' for name, _ in config.mesh.rules):

@@ -48,10 +48,15 @@ def main(argv):
                        _INIT_TIMEOUT.value, _HEARTBEAT.value)
     import jax
 
-    from superclip_jax import train
+    from superclip_jax import checkpoint, train
     logging.info('process %d/%d, %d local devices (%s), malloc %s', jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.devices()[0].platform, allocator.in_use())
-    train.run(config, _WORKDIR.value)
+    try:
+      train.run(config, _WORKDIR.value)
+    except checkpoint.Preempted as e:
+      # Not 0: SLURM's --requeue and Kubernetes' restart policies rerun what did not finish.
+      logging.warning('%s (exit status %d)', e, e.exit_code)
+      sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

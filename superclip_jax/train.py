@@ -23,6 +23,7 @@ from superclip_jax import (
   storage,
   train_state,
   train_step,
+  workdir_lock,
 )
 from superclip_jax.data import inputs
 from superclip_jax.errors import UserError
@@ -60,7 +61,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   config = platform_defaults.resolve(config, jax.devices()[0].platform)  # the 'auto' settings for this backend
   total_steps = config_defaults.resolved_total_steps(config)
   global_batch = config.data.global_batch_size
+  lock = workdir_lock.lock_for_job(workdir)  # one writer per workdir: a second run stops here
+  try:
+    return _train(config, workdir, total_steps, global_batch)
+  finally:  # after every checkpoint and metric is written (_train closes them)
+    if lock is not None:
+      lock.release()
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, global_batch: int) -> list[dict[str, Any]]:
+  """The run itself, with the workdir's lock held."""
   # ---- Mesh -----------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh.shape)
   rules = tuple(tuple(r) for r in config.mesh.rules)
@@ -110,6 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
   # ---- The loop ---------------------------------------------------------------------------
   history = []
+  preempted_at = None
   accumulated = metrics.restore_accumulator(collection, loop.get('metrics'))
   skipped_examples = int(loop.get('skipped_examples', 0))  # undecodable examples replaced (this process)
   clock = loop.get('throughput', {})
@@ -183,6 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
         if stop:
           ckpt.wait()
           logging.warning('preempted: checkpoint of step %d saved to %s; exiting', done, ckpt.path(done))
+          preempted_at = done
           break
   finally:
     if profiling:
@@ -191,6 +203,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     ckpt.close()
     writer.close()
     data.close()  # stop Grain workers now, not at garbage collection
+  if preempted_at is not None:
+    raise checkpoint.Preempted(preempted_at, ckpt.path(preempted_at), int(config.checkpoint.preempt_exit_code))
   if history and jax.process_index() == 0 and history[-1]['step'] == total_steps:
     logging.info('%s', summary_table(history))
   return history

@@ -21,6 +21,13 @@ CASES = [
      'mesh.shape (3, 1, 1) needs 3 devices, have 1'),
     (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.data.global_batch_size=0'],
      'data.global_batch_size must be positive'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.log_every_steps=0'],
+     'log_every_steps=0: must be >= 1'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.total_steps=-5'],
+     'total_steps=-5: must be > 0'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.checkpoint.keep=-1'],
+     'checkpoint.keep=-1: must be >= 0'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/a_file'], 'a_file is a file, not a directory'),
     (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--num_processes=2'],
      'missing --coordinator_address'),
     (['superclip_jax.evaluate', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w'],
@@ -38,6 +45,7 @@ CASES = [
 def test_one_line_error_and_nonzero_status(tmp_path, command, message):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   args = [a.replace('{tmp}', str(tmp_path)) for a in command]
+  (tmp_path / 'a_file').write_text('not a workdir')
   proc = subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode != 0

@@ -142,6 +142,24 @@ def test_slurm_script_sets_the_a3_flags_before_the_users_and_reports_the_step_st
   assert out['XLA_FLAGS'].split()[-1] == user and out['MEM'] == '0.8'  # the user's flag last: it wins
 
 
+def test_slurm_script_requeues_a_preempted_job(tmp_path):
+  # The tasks exit 143 after saving (a SIGTERM before the time limit): the job requeues itself.
+  _fake_tool(tmp_path, 'srun', 'exit 143\n')
+  bin_dir = _fake_tool(tmp_path, 'scontrol', f'echo "$*" >> {tmp_path}/scontrol.txt\n')
+  env = _plain_env(PATH=bin_dir + os.pathsep + os.environ['PATH'], SLURM_JOB_ID='77')
+  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 143 and 'requeueing job 77' in proc.stderr, proc.stderr
+  assert (tmp_path / 'scontrol.txt').read_text() == 'requeue 77\n'
+  with open(SLURM) as f:
+    header = f.read()
+  assert '#SBATCH --requeue' in header and '#SBATCH --signal=TERM@300' in header
+  (tmp_path / 'scontrol.txt').unlink()
+  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env | {'REQUEUE': '0'},
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 143 and 'preempted' in proc.stderr and not (tmp_path / 'scontrol.txt').exists()
+
+
 def test_tpu_pod_passes_the_libtpu_flags_to_the_workers_unless_set(tmp_path):
   # A fake gcloud prints its arguments; -r skips the copy, so only `tpu-vm ssh` runs.
   bin_dir = _fake_tool(tmp_path, 'gcloud', 'printf "%s\\n" "$@"\n')

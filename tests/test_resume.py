@@ -57,7 +57,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
       break
     time.sleep(0.02)
   _, stderr = proc.communicate(timeout=600)
-  assert proc.returncode == 0, stderr[-3000:]
+  assert proc.returncode == 143, stderr[-3000:]  # not finished: a scheduler requeues it
   assert 'preempted: checkpoint of step' in stderr
   assert [r['step'] for r in _rows(interrupted)] == [LOG_EVERY]  # no row for the interrupted window
   stopped_at = int(stderr.split('preempted: checkpoint of step ')[1].split()[0])

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from superclip_jax import storage
+from superclip_jax import storage, workdir_lock
 from superclip_jax.data import benchmark_sources, images, records, remote, sources, tfds_source
 from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
@@ -275,7 +275,8 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   if storage.is_remote(out_dir):
     remote.check_driver(out_dir)
   created = not storage.exists(out_dir)
-  storage.makedirs(out_dir)
+  # One build per --out: two would write the same shard names and leave a mixed folder.
+  lock = workdir_lock.DirectoryLock(out_dir, 'shard build').acquire()
   run = functools.partial(_run_beam if runner == 'beam' else _run_local, out_dir=out_dir, options=options,
                           workers=workers, progress=progress)
   try:
@@ -291,6 +292,8 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   except BaseException:
     _remove_if_unfinished(out_dir, created)
     raise
+  finally:
+    lock.release()
 
 
 def _remove_if_unfinished(out_dir: str, created: bool) -> None:

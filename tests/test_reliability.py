@@ -1,0 +1,193 @@
+"""Failures that used to cost a run: a damaged newest checkpoint (crash loop), two writers in one
+workdir or one build --out, a SIGTERM that exited 0."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from test_checkpoint import _config
+
+from superclip_jax import checkpoint, train, workdir_lock
+from superclip_jax.data import build
+from superclip_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _truncate_largest(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True) if os.path.isfile(f)]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def _flip_bytes(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True) if os.path.isfile(f)]
+  largest = max(files, key=os.path.getsize)
+  size = os.path.getsize(largest)
+  with open(largest, 'r+b') as f:
+    f.seek(size // 3)
+    chunk = bytearray(f.read(min(4096, size // 3)))
+    f.seek(size // 3)
+    f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def _delete_metadata(step_dir):
+  for f in glob.glob(os.path.join(step_dir, 'state', '**', '_METADATA'), recursive=True):
+    os.remove(f)
+
+
+def _break_loop_json(step_dir):
+  for f in glob.glob(os.path.join(step_dir, 'loop', '*')):
+    if os.path.isfile(f):
+      with open(f, 'w') as fh:
+        fh.write('{not json')
+
+
+def _run_config(steps):
+  config = _config(total_steps=steps, log_every_steps=3)
+  config.checkpoint.every_steps = 3
+  config.checkpoint.async_save = False
+  config.mesh.shape = (8, 1, 1)
+  return config
+
+
+@pytest.mark.parametrize('damage', [_truncate_largest, _flip_bytes, _delete_metadata, _break_loop_json])
+def test_damaged_newest_checkpoint_is_set_aside_and_the_rerun_finishes(tmp_path, caplog, damage):
+  train.run(_run_config(6), str(tmp_path))
+  damage(str(tmp_path / 'checkpoints' / '6'))
+  with caplog.at_level('WARNING'):
+    rows = train.run(_run_config(9), str(tmp_path))  # resumes at 3, saves 6 again, then 9
+  assert [r['step'] for r in rows if 'loss' in r] == [6, 9]
+  assert os.path.isdir(tmp_path / 'checkpoints' / '6.damaged')
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / '6')) == sorted(os.listdir(tmp_path / 'checkpoints' / '9'))
+  warnings = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()]
+  assert len(warnings) == 1 and 'checkpoints/6' in warnings[0] and 'moved to' in warnings[0]
+  # A second rerun finds no damage (the loop is broken for good).
+  assert train.run(_run_config(9), str(tmp_path)) == []
+
+
+def test_empty_higher_step_folder_is_deleted_under_delete_damaged(tmp_path, caplog):
+  train.run(_run_config(3), str(tmp_path))
+  os.makedirs(tmp_path / 'checkpoints' / '6')  # e.g. a save killed before its first file
+  config = _run_config(6)
+  config.checkpoint.delete_damaged = True
+  with caplog.at_level('WARNING'):
+    rows = train.run(config, str(tmp_path))
+  assert [r['step'] for r in rows if 'loss' in r] == [6]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  assert any('checkpoints/6 is damaged' in r.getMessage() and 'deleted' in r.getMessage() for r in caplog.records)
+
+
+def test_tools_pass_over_a_damaged_newest_step_and_leave_it(tmp_path, caplog):
+  train.run(_run_config(3), str(tmp_path))
+  os.makedirs(tmp_path / 'checkpoints' / '6')
+  with caplog.at_level('WARNING'):
+    path, step = checkpoint.latest_checkpoint_dir(str(tmp_path))
+  assert step == 3 and path.endswith('checkpoints/3')
+  assert os.path.isdir(tmp_path / 'checkpoints' / '6')  # a tool never moves a run's files
+  assert any('checkpoints/6 is damaged (no state)' in r.getMessage() for r in caplog.records)
+  with pytest.raises(UserError, match='checkpoints/6 is damaged: no state'):
+    checkpoint.checkpoint_dir(str(tmp_path), 6)
+
+
+def test_no_usable_checkpoint_is_a_list_of_reasons(tmp_path):
+  train.run(_run_config(3), str(tmp_path))
+  _truncate_largest(str(tmp_path / 'checkpoints' / '3'))
+  with pytest.raises(UserError, match=r'no usable checkpoint in .*checkpoints:\n  step 3: '):
+    train.run(_run_config(6), str(tmp_path))
+  assert os.path.isdir(tmp_path / 'checkpoints' / '3.damaged')
+
+
+def _main(workdir, *overrides):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir),
+          *overrides], env
+
+
+def test_a_second_run_in_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path):
+  cmd, env = _main(tmp_path / 'w', '--config.total_steps=40', '--config.log_every_steps=10',
+                   '--config.checkpoint.every_steps=20')
+  first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lock_file = tmp_path / 'w' / workdir_lock.LOCK_NAME
+  deadline = time.time() + 300
+  while time.time() < deadline and first.poll() is None and not (lock_file.exists() and lock_file.read_text()):
+    time.sleep(0.05)
+  assert first.poll() is None, 'the first run ended before the second started'
+  started = time.time()
+  second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 2, second.stderr[-2000:]
+  assert time.time() - started < 60
+  errors = [line for line in second.stderr.splitlines() if ': error: ' in line]
+  holder = json.loads(lock_file.read_text())
+  assert len(errors) == 1 and f"is in use by a run on host {holder['host']}, process id {first.pid}" in errors[0]
+  _, stderr = first.communicate(timeout=600)
+  assert first.returncode == 0, stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'w' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows] == [10, 20, 30, 40]  # one writer's rows, no interleaving
+  # Once the first has ended, the workdir is free again (a finished run resumes and does nothing).
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_second_build_into_one_out_is_refused(tmp_path):
+  import corpus
+  corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(4))
+  out = tmp_path / 'shards'
+  with workdir_lock.DirectoryLock(str(out), 'shard build'):
+    with pytest.raises(workdir_lock.InUse, match=rf'{out} is in use by a shard build on host .*, process id {os.getpid()}'):
+      build.build(f'webdataset:{tmp_path}/in.tar', str(out), progress=False)
+  manifest = build.build(f'webdataset:{tmp_path}/in.tar', str(out), progress=False)  # free again: builds
+  assert manifest['num_records'] == 4
+
+
+def test_sigterm_saves_then_exits_with_the_preempt_status(tmp_path):
+  cmd, env = _main(tmp_path / 'w', '--config.total_steps=2000', '--config.log_every_steps=5',
+                   '--config.checkpoint.preemption_check_every=1')
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics_file = tmp_path / 'w' / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not (metrics_file.exists() and metrics_file.read_text()):
+    time.sleep(0.05)
+  proc.terminate()
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 143, stderr[-3000:]
+  step = int(stderr.split('preempted: checkpoint of step ')[1].split()[0])
+  assert checkpoint.latest_checkpoint_dir(str(tmp_path / 'w'))[1] == step
+  assert 'run the same command to resume (exit status 143)' in stderr
+
+
+def test_fingerprints_catch_one_flipped_bit_in_any_leaf():
+  import jax
+  import numpy as np
+  from test_checkpoint import _state_on
+  state, _ = _state_on(_config(), (8, 1, 1), jax.devices(), steps=1)
+  before = checkpoint.fingerprints(state)
+  assert before == checkpoint.fingerprints(jax.tree.map(lambda x: x, state))
+  name = 'params.image_tower.proj'
+  leaf = np.asarray(checkpoint.flat_names(state)[name]).copy()
+  leaf.view(np.uint32).reshape(-1)[7] ^= 1 << 30  # one exponent bit: 1e-2 becomes about 1e36
+  flipped = state.replace(params=jax.tree_util.tree_map_with_path(
+      lambda path, x: jax.device_put(leaf, x.sharding) if 'proj' == checkpoint.key_name(path[-1])
+      and checkpoint.key_name(path[0]) == 'image_tower' else x, state.params))
+  after = checkpoint.fingerprints(flipped)
+  assert [n for n in before if before[n] != after[n]] == [name]
+
+
+def test_a_checkpoint_whose_arrays_differ_from_their_fingerprints_is_set_aside(tmp_path, caplog):
+  train.run(_run_config(6), str(tmp_path))
+  # Well-formed files whose contents are not what was saved: equivalently, the recorded
+  # fingerprint of one array changed (the test above shows one flipped bit changes it).
+  loop_file = tmp_path / 'checkpoints' / '6' / 'loop' / 'metadata'
+  loop = json.loads(loop_file.read_text())
+  loop['fingerprints']['params.image_tower.proj'] ^= 1 << 12
+  loop_file.write_text(json.dumps(loop))
+  with caplog.at_level('WARNING'):
+    rows = train.run(_run_config(9), str(tmp_path))
+  assert [r['step'] for r in rows if 'loss' in r] == [6, 9]
+  message = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()][0]
+  assert 'checkpoints/6' in message and 'differ from their fingerprints at save: params.image_tower.proj' in message

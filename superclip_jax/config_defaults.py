@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Grain worker processes per training process: 'auto' (every core this process has but one;
   # data/pipeline.py resolve_workers) or N (0: decode in threads of the training process).
   c.data.workers = ml_collections.FieldReference('auto', field_type=object)
+  # Stop the run when more than this fraction of the examples read (and more than 100) were
+  # undecodable and replaced: a damaged or truncated shard set, not a few bad images.
+  c.data.max_replaced_fraction = 0.01
   c.data.threads = 4  # decoding threads per host when workers=0
   c.data.prefetch = 2  # batches decoded ahead of the step
   c.data.crop_scale = (0.9, 1.0)  # RandomResizedCrop area range
@@ -136,6 +139,9 @@ def default_config() -> ml_collections.ConfigDict:
   # How the step drops such an update: 'auto' (per backend) | 'cond' (a branch: free on CPU) |
   # 'select' (elementwise over the state: no host round trip on GPUs, where a branch has one).
   c.nonfinite_guard = 'auto'
+  # With nonfinite='skip': stop the run when more than this fraction of its updates (and more
+  # than 10) were dropped, instead of finishing a run that mostly did not train.
+  c.nonfinite_max_skipped = 0.01
 
   c.evals = ml_collections.ConfigDict()  # named evaluators: evals/registry.py evaluator(kind=..., ...)
 
@@ -245,6 +251,10 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
   for key in ('every_steps', 'keep', 'keep_every'):
     if config.checkpoint[key] < 0:
       raise UserError(f'checkpoint.{key}={config.checkpoint[key]}: must be >= 0 (0: {_ZERO_MEANS[key]})')
+  for key, value in (('nonfinite_max_skipped', config.nonfinite_max_skipped),
+                     ('data.max_replaced_fraction', config.data.max_replaced_fraction)):
+    if not 0 <= value <= 1:
+      raise UserError(f'{key}={value}: a fraction between 0 and 1')
   if not 0 <= config.checkpoint.preempt_exit_code <= 255:
     raise UserError(f'checkpoint.preempt_exit_code={config.checkpoint.preempt_exit_code}: an exit status is 0-255')
   if len(tuple(config.mesh.shape)) != 3:

@@ -16,6 +16,7 @@ import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+from absl import logging
 
 from superclip_jax import storage
 
@@ -46,11 +47,34 @@ def _to_python(v):
 
 
 def read_rows(workdir: str) -> list[dict[str, Any]]:
-  """The rows of WORKDIR/metrics.jsonl (empty if there is none yet)."""
+  """The rows of WORKDIR/metrics.jsonl (empty if there is none yet).
+
+  A line that is not a JSON object (the last row torn by a kill mid-write) is dropped with a
+  warning naming the file and line; the writer then rewrites the file without it.
+  """
+  return _read_rows(workdir)[0]
+
+
+def _read_rows(workdir: str) -> tuple[list[dict[str, Any]], int]:
+  """(rows, number of unreadable lines dropped)."""
   path = storage.join(workdir, METRICS_FILE)
   if not storage.exists(path):
-    return []
-  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+    return [], 0
+  rows, dropped = [], 0
+  for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if not isinstance(row, dict):
+      logging.warning('%s line %d is not a metrics row (torn by an interrupted write?); dropped: %.80s', path,
+                      number, line)
+      dropped += 1
+      continue
+    rows.append(row)
+  return rows, dropped
 
 
 class JsonlWriter(MetricWriter):
@@ -60,11 +84,11 @@ class JsonlWriter(MetricWriter):
     self.path = storage.join(workdir, METRICS_FILE)
     self.remote = storage.is_remote(workdir)
     storage.makedirs(workdir)
-    rows = read_rows(workdir)
+    rows, unreadable = _read_rows(workdir)
     kept = rows if resume_step is None else [r for r in rows if r.get('step', 0) <= resume_step]
     self.dropped = len(rows) - len(kept)
     self._lines = [json.dumps(r) + '\n' for r in kept]
-    if self.dropped or self.remote:
+    if self.dropped or unreadable or self.remote:
       storage.write_text(self.path, ''.join(self._lines))
     self._file = None if self.remote else open(self.path, 'a')
     self._dirty = False

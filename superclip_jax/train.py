@@ -35,6 +35,27 @@ class NonFiniteError(RuntimeError):
   """A NaN or Inf loss or gradient with config.nonfinite='stop'."""
 
 
+class DegradedRun(UserError):
+  """Too many updates dropped as non-finite, or too many examples replaced as undecodable."""
+
+
+def check_degradation(config: ml_collections.ConfigDict, done: int, skipped_updates: int, replaced: int,
+                      read: int) -> None:
+  """Stop a run that would otherwise finish with exit 0 having mostly not trained, or not on its data.
+
+  `replaced` and `read` are examples over every process. Each limit is a fraction with a floor
+  (10 updates, 100 examples), so a short run is not stopped by a handful of bad steps or images.
+  """
+  if config.nonfinite == 'skip' and skipped_updates > max(10, config.nonfinite_max_skipped * done):
+    raise DegradedRun(f'{skipped_updates} of {done} updates were dropped as non-finite (more than '
+                      f'nonfinite_max_skipped={config.nonfinite_max_skipped:g}): lower the learning rate, or raise '
+                      'the limit')
+  if replaced > max(100, config.data.max_replaced_fraction * read):
+    raise DegradedRun(f'{replaced} of {read} examples read were undecodable and replaced (more than '
+                      f'data.max_replaced_fraction={config.data.max_replaced_fraction:g}): rebuild the shards '
+                      '(python -m superclip_jax.data.build) or raise the limit')
+
+
 def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int,
              loop: dict) -> metric_writers.MultiWriter:
   """metrics.jsonl + TensorBoard (+ W&B) on process 0; nothing on the others."""
@@ -180,6 +201,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, gl
           writer.write_scalars(done, row)
           metrics.log_console(metrics.console_line(done, total_steps, row))
           history.append({'step': done, **row})
+          check_degradation(config, done, row['nonfinite_updates'], _over_processes(skipped_examples),
+                            done * global_batch)
         if saving:
           writer.flush()
           ckpt.save(done, state, loop_state(done), config)
@@ -210,6 +233,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, gl
   return history
 
 
+def _over_processes(count: int) -> int:
+  """A per-process count summed over every process of the job (each calls this at the same step)."""
+  if jax.process_count() == 1:
+    return count
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return int(np.sum(multihost_utils.process_allgather(np.asarray([count], np.int64))))
+
+
 def summary_table(history: list[dict[str, Any]]) -> str:
   """The final value of every logged metric (losses, temperature, evaluations) as a small table."""
   final: dict[str, Any] = {}
@@ -234,4 +266,4 @@ def _check_finite(state, config: ml_collections.ConfigDict, ckpt: checkpoint.Che
                          "Lower the learning rate, or set --config.nonfinite=skip to drop such updates.")
 
 
-__all__ = ['run', 'NonFiniteError', 'UserError', 'summary_table']
+__all__ = ['run', 'NonFiniteError', 'DegradedRun', 'UserError', 'summary_table']

@@ -191,3 +191,72 @@ def test_a_checkpoint_whose_arrays_differ_from_their_fingerprints_is_set_aside(t
   assert [r['step'] for r in rows if 'loss' in r] == [6, 9]
   message = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()][0]
   assert 'checkpoints/6' in message and 'differ from their fingerprints at save: params.image_tower.proj' in message
+
+
+def test_a_rebuild_from_other_inputs_is_refused_unless_overwrite(tmp_path):
+  import corpus
+  corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(4))
+  corpus.write_tar(str(tmp_path / 'b.tar'), corpus.good_members(6, start=10))
+  out = str(tmp_path / 'shards')
+  assert build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False)['num_records'] == 4
+  assert build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False)['num_records'] == 4  # the same: fine
+  with pytest.raises(UserError, match=rf"--out {out} holds shards built from 'webdataset:{tmp_path}/a.tar' with other "
+                                      r'inputs or options; give another --out, or --overwrite'):
+    build.build(f'webdataset:{tmp_path}/b.tar', out, progress=False)
+  with pytest.raises(UserError, match='other inputs or options'):  # the same input, another option
+    build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False, max_side=16)
+  manifest = build.build(f'webdataset:{tmp_path}/b.tar', out, progress=False, overwrite=True)
+  assert manifest['num_records'] == 6 and manifest['builder']['source'] == f'webdataset:{tmp_path}/b.tar'
+  assert len(manifest['shards']) == len([f for f in os.listdir(out) if f.endswith('.array_record')])
+
+
+def test_an_out_inside_the_source_folder_is_refused(tmp_path):
+  import corpus
+  from PIL import Image
+  for label in ('cat', 'dog'):
+    os.makedirs(tmp_path / 'src' / label)
+    Image.fromarray(corpus.picture(1)).save(tmp_path / 'src' / label / 'a.png')
+  with pytest.raises(UserError, match=r'--out .*src/shards is inside the source folder'):
+    build.build(f'folder:{tmp_path}/src', str(tmp_path / 'src' / 'shards'), progress=False)
+  assert not os.path.exists(tmp_path / 'src' / 'shards')
+
+
+def test_a_build_of_zero_records_exits_non_zero(tmp_path):
+  import corpus
+  corpus.write_tar(str(tmp_path / 'junk.tar'), [('k1.jpg', b'not an image'), ('k1.txt', b'a caption')])
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{tmp_path}/junk.tar',
+                         '--out', str(tmp_path / 'out')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert [line for line in proc.stderr.splitlines() if ': error: ' in line][0].endswith('nothing to train on')
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(tmp_path, caplog):
+  train.run(_run_config(3), str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 4, "loss": 1.2')  # killed mid-write
+  with caplog.at_level('WARNING'):
+    rows = train.run(_run_config(6), str(tmp_path))
+  assert [r['step'] for r in rows if 'loss' in r] == [6]
+  assert any('metrics.jsonl line 2 is not a metrics row' in r.getMessage() for r in caplog.records)
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [3, 6]
+
+
+def test_a_run_that_mostly_skips_updates_stops(tmp_path):
+  config = _config(nonfinite='skip', total_steps=30, log_every_steps=5)
+  config.optim.learning_rate = 1e30  # every update after the first is non-finite
+  config.checkpoint.every_steps = 0
+  with pytest.raises(train.DegradedRun, match=r'14 of 15 updates were dropped as non-finite \(more than '
+                                              r'nonfinite_max_skipped=0.01\)'):
+    train.run(config, str(tmp_path))
+
+
+def test_replaced_examples_past_the_limit_stop_the_run():
+  config = _config()
+  train.check_degradation(config, done=10, skipped_updates=0, replaced=100, read=1000)  # the floor: 100
+  train.check_degradation(config, done=1000, skipped_updates=0, replaced=1000, read=100_000)  # 1%
+  with pytest.raises(train.DegradedRun, match=r'1001 of 100000 examples read were undecodable and replaced'):
+    train.check_degradation(config, done=1000, skipped_updates=0, replaced=1001, read=100_000)
+  config.data.max_replaced_fraction = 0.5
+  train.check_degradation(config, done=1000, skipped_updates=0, replaced=1001, read=100_000)

@@ -263,8 +263,13 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
           long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
-          progress: bool = True, runner: str = 'local') -> dict[str, Any]:
-  """Build (or finish building) the shards of `source` in out_dir (a folder or a URL); returns the manifest."""
+          progress: bool = True, runner: str = 'local', overwrite: bool = False) -> dict[str, Any]:
+  """Build (or finish building) the shards of `source` in out_dir (a folder or a URL); returns the manifest.
+
+  out_dir remembers what it was built from (build.json: a fingerprint of the planned inputs
+  and the options). A rerun of the same build finishes it; a build of other inputs or options
+  into it is refused unless `overwrite`, which deletes what is there first.
+  """
   if runner not in ('local', 'beam'):
     raise UserError(f"--runner {runner!r}: expected 'local' or 'beam'")
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
@@ -274,9 +279,16 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
              'long_context_length': long_context_length, 'max_side': max_side}
   if storage.is_remote(out_dir):
     remote.check_driver(out_dir)
+  else:
+    _check_outside_sources(source, out_dir)
   created = not storage.exists(out_dir)
   # One build per --out: two would write the same shard names and leave a mixed folder.
   lock = workdir_lock.DirectoryLock(out_dir, 'shard build').acquire()
+  try:
+    _claim(out_dir, _fingerprint(source, tasks, options, data_dir), source, overwrite)
+  except BaseException:
+    lock.release()
+    raise
   run = functools.partial(_run_beam if runner == 'beam' else _run_local, out_dir=out_dir, options=options,
                           workers=workers, progress=progress)
   try:
@@ -294,6 +306,53 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
     raise
   finally:
     lock.release()
+
+
+BUILD_RECORD = 'build.json'
+
+
+def _fingerprint(source: str, tasks: list[dict], options: dict, data_dir: str | None) -> str:
+  """What a build's output depends on: its planned inputs (files, ranges, templates) and options."""
+  plan = json.dumps({'source': source, 'tasks': tasks, 'options': options, 'data_dir': data_dir}, sort_keys=True,
+                    default=str)
+  return hashlib.sha256(plan.encode()).hexdigest()[:32]
+
+
+def _claim(out_dir: str, fingerprint: str, source: str, overwrite: bool) -> None:
+  """Make out_dir this build's: resume the same build, refuse another one's output unless overwrite."""
+  record_path = storage.join(out_dir, BUILD_RECORD)
+  entries = [p for p in storage.Path(out_dir).iterdir() if p.name != workdir_lock.LOCK_NAME] \
+      if storage.exists(out_dir) else []
+  if entries:
+    previous = None
+    if storage.exists(record_path):
+      try:
+        previous = json.loads(storage.read_text(record_path))
+      except ValueError:
+        pass
+    if not isinstance(previous, dict) or previous.get('fingerprint') != fingerprint:
+      if not overwrite:
+        what = (f"shards built from {previous.get('source')!r} with other inputs or options"
+                if isinstance(previous, dict) else 'files of no build of this version')
+        raise UserError(f'--out {out_dir} holds {what}; give another --out, or --overwrite to delete them first')
+      for entry in entries:
+        entry.rmtree() if entry.is_dir() else entry.unlink()
+    else:
+      return  # the same build: finish it
+  storage.write_text(record_path, json.dumps({'fingerprint': fingerprint, 'source': source}, indent=1) + '\n')
+
+
+def _check_outside_sources(source: str, out_dir: str) -> None:
+  """Refuse an --out inside a source folder: a rerun would read its own output as input."""
+  out = os.path.realpath(out_dir)
+  rest = source.split(':', 1)[1] if ':' in source else source
+  for part in rest.split(','):
+    for candidate in (part, part.rsplit(':', 1)[0]):  # 'DIR' or 'DIR:split'
+      if candidate and os.path.isdir(candidate):
+        folder = os.path.realpath(candidate)
+        if out == folder or out.startswith(folder + os.sep):
+          raise UserError(f'--out {out_dir} is inside the source folder {candidate}: a rerun would read its own '
+                          'output; give an --out outside it')
 
 
 def _remove_if_unfinished(out_dir: str, created: bool) -> None:
@@ -362,7 +421,8 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
       'skip_examples': examples,
       'class_names': classes,
       'idf_stats': records.DOC_FREQ,
-      'builder': {'source': source, 'max_side': options['max_side']},
+      'builder': {'source': source, 'max_side': options['max_side'],
+                  'fingerprint': json.loads(storage.read_text(storage.join(out_dir, BUILD_RECORD)))['fingerprint']},
   }
   records.write_json_atomic(storage.join(out_dir, records.MANIFEST), manifest)
   return manifest
@@ -383,6 +443,8 @@ def main(argv=None):
   parser.add_argument('--tfds-data-dir', default=None)
   parser.add_argument('--runner', default='local', choices=['local', 'beam'],
                       help="'beam': Apache Beam (DirectRunner here; same output as local)")
+  parser.add_argument('--overwrite', action='store_true',
+                      help='delete what --out holds first when it was built from other inputs or options')
   args = parser.parse_args(argv)
   from superclip_jax import cli
   with cli.user_errors('superclip_jax.data.build'):
@@ -393,9 +455,12 @@ def _main(args):
   manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
                    long_context_length=args.long_context_length, max_side=args.max_side,
                    records_per_shard=args.records_per_shard, template=args.template,
-                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner)
+                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner, overwrite=args.overwrite)
   print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards at {args.out}; "
         f"skipped {manifest['skipped'] or 'none'}; repaired {manifest['repaired'] or 'none'}")
+  if not manifest['num_records']:
+    raise UserError(f"no records built from {args.source} (skipped: {manifest['skipped'] or 'none'}): "
+                    'nothing to train on')
 
 
 if __name__ == '__main__':

@@ -4,8 +4,9 @@
 
 No data is read: the batch is synthetic with the config's shapes. Prints the state-creation
 and compile times, the median step time, images/s, model FLOPs per step (analytic beside
-XLA's count corrected for scans), achieved FLOP/s and MFU (against the device kind's known
-peak, else a matmul peak measured in this run), and the same step without the token
+XLA's count corrected for scans), achieved FLOP/s and MFU (accelerators: against the sum of
+the chips' bf16 peaks, keyed by exact device kind, none for a kind not in the table; CPU:
+against the machine's best float32 BLAS, timed in this run), and the same step without the token
 classifier timed interleaved with it (the SuperCLIP/CLIP ratio). The last line is JSON.
 """
 

@@ -260,3 +260,118 @@ def test_replaced_examples_past_the_limit_stop_the_run():
     train.check_degradation(config, done=1000, skipped_updates=0, replaced=1001, read=100_000)
   config.data.max_replaced_fraction = 0.5
   train.check_degradation(config, done=1000, skipped_updates=0, replaced=1001, read=100_000)
+
+
+def test_malformed_samples_are_skipped_and_counted_and_the_build_finishes(tmp_path):
+  import corpus
+  from PIL import Image
+  src = tmp_path / 'src'
+  src.mkdir()
+  for i in range(4):
+    Image.fromarray(corpus.picture(i)).save(src / f'{i}.png')
+  outside = tmp_path / 'secret.png'
+  Image.fromarray(corpus.picture(9)).save(outside)
+  os.symlink(outside, src / 'link.png')
+  rows = [{'image': '0.png', 'caption': 'a good one', 'label': 3},
+          {'image': '1.png', 'caption': 12345},  # a number
+          {'image': '2.png', 'caption': None},
+          {'image': '3.png', 'caption': 'huge label', 'label': 2**70},
+          {'image': '0.png', 'caption': 'int64 label', 'label': 2**40},
+          ['0.png', 'a JSON array row'],
+          {'caption': 'no image field'},
+          {'image': 'link.png', 'caption': 'points outside'},
+          {'image': '1.png', 'caption': 'x' * 100_000}]  # cut before tokenizing
+  lines = [json.dumps(r) for r in rows] + ['{"image": "2.png", "caption": "torn']
+  (src / 'captions.jsonl').write_text('\n'.join(lines) + '\n')
+  manifest = build.build(f'folder:{src}', str(tmp_path / 'out'), progress=False)
+  assert manifest['num_records'] == 2
+  assert manifest['skipped'] == {'caption_not_text': 1, 'missing_caption': 1, 'label_out_of_range': 2,
+                                 'row_not_object': 1, 'row_without_image': 1, 'outside_source': 1, 'row_not_json': 1}
+  assert manifest['repaired']['caption_cut'] == 1
+  text = json.dumps(manifest)
+  assert ' at 0x' not in text and 'secret' not in text
+
+
+def test_an_oversized_tar_member_is_skipped_unread(tmp_path):
+  import gzip
+  import resource
+  import tarfile
+
+  import corpus
+  members = corpus.good_members(2)
+  path = tmp_path / 'bomb.tar.gz'
+  with gzip.open(path, 'wb', compresslevel=1) as gz, tarfile.open(fileobj=gz, mode='w|') as tar:
+    for name, data in members:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, __import__('io').BytesIO(data))
+    info = tarfile.TarInfo('bomb.jpg')
+    info.size = 1 << 30  # 1 GiB of zeros: about 1 MB compressed
+    zeros = b'\0' * (1 << 20)
+
+    class Zeros:
+      def read(self, n):
+        return zeros[:n]
+    tar.addfile(info, Zeros())
+  assert path.stat().st_size < 8 << 20
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{path}', '--out',
+                         str(tmp_path / 'out')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  manifest = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
+  assert manifest['num_records'] == 2 and manifest['skipped'].get('member_too_large') == 1
+  peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+  assert peak_mb < 900, f'the build peaked at {peak_mb:.0f} MB'
+
+
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
+  import corpus
+
+  from superclip_jax.data import records
+  corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(2))
+  out = tmp_path / 'out'
+  build.build(f'webdataset:{tmp_path}/in.tar', str(out), progress=False)
+  manifest = json.loads((out / 'manifest.json').read_text())
+  manifest['shards'][0]['file'] = '../../etc/passwd'
+  (out / 'manifest.json').write_text(json.dumps(manifest))
+  with pytest.raises(UserError, match=r"shard '\.\./\.\./etc/passwd' is not a file name inside"):
+    records.read_manifest(str(out))
+
+
+def test_a_stalled_server_is_a_counted_failure_within_the_deadline(tmp_path):
+  import socket
+  import threading
+  server = socket.socket()
+  server.bind(('127.0.0.1', 0))
+  server.listen(8)
+  port = server.getsockname()[1]
+  held = []
+  stop = threading.Event()
+
+  def accept_and_say_nothing():
+    server.settimeout(0.2)
+    while not stop.is_set():
+      try:
+        held.append(server.accept()[0])
+      except OSError:
+        pass
+  thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+  thread.start()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(SUPERCLIP_READ_TIMEOUT_S='3', SUPERCLIP_DOWNLOAD_RETRIES='1', SUPERCLIP_DOWNLOAD_BACKOFF_S='0.1')
+  started = time.time()
+  try:
+    proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source',
+                           f'webdataset:http://127.0.0.1:{port}/stalled.tar', '--out', str(tmp_path / 'out')],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  finally:
+    stop.set()
+    thread.join()
+    for conn in held:
+      conn.close()
+    server.close()
+  assert time.time() - started < 60
+  manifest = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
+  assert manifest['skipped'] == {'unreadable_tar': 1}
+  assert 'Timeout' in json.dumps(manifest['skip_examples']), manifest['skip_examples']
+  assert proc.returncode == 2 and 'no records built' in proc.stderr  # nothing else to build from

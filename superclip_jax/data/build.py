@@ -34,6 +34,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 from typing import Any, Callable, Iterable
@@ -47,7 +48,14 @@ from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
 # Skips whose 'key' names no sample (a member name, a whole tar) or one already counted as a duplicate.
-_NOT_SAMPLES = frozenset({'unsafe_path', 'truncated_tar', 'unreadable_tar', 'duplicate_key'})
+_NOT_SAMPLES = frozenset({'unsafe_path', 'truncated_tar', 'unreadable_tar', 'duplicate_key', 'member_too_large',
+                          'row_not_json', 'row_not_object', 'row_without_image'})
+# Captions are cut to this many characters before tokenizing (77 tokens are a few hundred
+# characters; a 10 MB caption took 30 s to tokenize for the same 77). Long captions keep more.
+MAX_CAPTION_CHARS = 4096
+MAX_LONG_CAPTION_CHARS = 16384
+_INT32 = (-2**31, 2**31 - 1)
+_ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')  # object reprs: would make manifests differ run to run
 
 
 def _shard_name(i: int) -> str:
@@ -57,9 +65,10 @@ def _shard_name(i: int) -> str:
 def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   kind = task['kind']
   if kind == 'webdataset':
+    limit = task.get('max_member_bytes', sources.MAX_MEMBER_BYTES)
     if remote.is_remote(task['path']):
-      return remote.read_webdataset_url(task['path'])
-    return sources.read_webdataset_tar(task['path'])
+      return remote.read_webdataset_url(task['path'], max_member_bytes=limit)
+    return sources.read_webdataset_tar(task['path'], max_member_bytes=limit)
   if kind == 'list':
     return task['items']
   if kind == 'tfds':
@@ -177,6 +186,9 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
         if 'skip' in item:
           raise images.SkipRecord(item['skip'], item.get('detail', ''))
         caption = images.prepare_caption(item.get('caption'))
+        label = item.get('label', -1)
+        if not isinstance(label, int) or not _INT32[0] <= label <= _INT32[1]:
+          raise images.SkipRecord('label_out_of_range', f'{label!r:.40} is not an int32')
         if 'image_path' in item and remote.is_remote(item['image_path']):
           raw = remote.read_bytes(item['image_path'])
         elif 'image_path' in item:
@@ -188,28 +200,36 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
       except images.SkipRecord as e:
         skipped[e.reason] += 1
         if len(details[e.reason]) < _DETAIL_LIMIT:
-          details[e.reason].append(f'{task.get("source", name)}: {key}: {e}')
+          details[e.reason].append(_ADDRESS.sub('', f'{task.get("source", name)}: {key}: {e}'))
         continue
       except OSError as e:
         # A remote image that is not there is a missing image, as a listed local one would be.
         reason = 'missing_image' if isinstance(e, FileNotFoundError) else 'unreadable_file'
         skipped[reason] += 1
         if len(details[reason]) < _DETAIL_LIMIT:
-          details[reason].append(f'{key}: {e}')
+          details[reason].append(_ADDRESS.sub('', f'{key}: {e}'))
         continue
+      except Exception as e:  # anything else a decoder or a malformed field raises: one sample, not the build
+        reason = f'error_{type(e).__name__}'
+        skipped[reason] += 1
+        if len(details[reason]) < _DETAIL_LIMIT:
+          details[reason].append(_ADDRESS.sub('', f'{task.get("source", name)}: {key}: {e}')[:300])
+        continue
+      if len(caption) > MAX_CAPTION_CHARS:
+        caption = caption[:MAX_CAPTION_CHARS]
+        repaired['caption_cut'] += 1
       if repair:
         repaired[repair] += 1
       long_caption = ''
       if item.get('long_caption'):
         try:
-          long_caption = images.prepare_caption(item['long_caption'])
+          long_caption = images.prepare_caption(item['long_caption'])[:MAX_LONG_CAPTION_CHARS]
         except images.SkipRecord as e:
           repaired[f'dropped_long_caption_{e.reason}'] += 1
       ids = tok.with_specials(tok.encode(caption), options['context_length'])
       long_ids = tok.with_specials(tok.encode(long_caption), options['long_context_length']) if long_caption else []
       writer.write(records.encode_record(key=key, image=jpeg, caption=caption, tokens=ids,
-                                         long_caption=long_caption, long_tokens=long_ids,
-                                         label=item.get('label', -1)))
+                                         long_caption=long_caption, long_tokens=long_ids, label=label))
       # Document frequency over the token bag the classifier sees by default (no SOT/EOT).
       bag = {t for t in (long_ids or ids) if t not in special}
       doc_freq[list(bag)] += 1
@@ -263,7 +283,8 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
           long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
           template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
-          progress: bool = True, runner: str = 'local', overwrite: bool = False) -> dict[str, Any]:
+          progress: bool = True, runner: str = 'local', overwrite: bool = False,
+          max_member_bytes: int = sources.MAX_MEMBER_BYTES) -> dict[str, Any]:
   """Build (or finish building) the shards of `source` in out_dir (a folder or a URL); returns the manifest.
 
   out_dir remembers what it was built from (build.json: a fingerprint of the planned inputs
@@ -275,6 +296,9 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   tok = tokenizer_lib.load_tokenizer(tokenizer, context_length)  # fetch the vocabulary once, here
   # Plan first: a bad --source is reported before anything is written.
   tasks, classes = plan_tasks(source, records_per_shard, template, data_dir)
+  for task in tasks:
+    if task['kind'] == 'webdataset' and max_member_bytes != sources.MAX_MEMBER_BYTES:
+      task['max_member_bytes'] = max_member_bytes  # only when set: a default build's plan stays as it was
   options = {'tokenizer': tokenizer, 'context_length': context_length,
              'long_context_length': long_context_length, 'max_side': max_side}
   if storage.is_remote(out_dir):
@@ -443,6 +467,8 @@ def main(argv=None):
   parser.add_argument('--tfds-data-dir', default=None)
   parser.add_argument('--runner', default='local', choices=['local', 'beam'],
                       help="'beam': Apache Beam (DirectRunner here; same output as local)")
+  parser.add_argument('--max-member-bytes', type=int, default=sources.MAX_MEMBER_BYTES,
+                      help='tar members larger than this are skipped unread and counted')
   parser.add_argument('--overwrite', action='store_true',
                       help='delete what --out holds first when it was built from other inputs or options')
   args = parser.parse_args(argv)
@@ -455,7 +481,8 @@ def _main(args):
   manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
                    long_context_length=args.long_context_length, max_side=args.max_side,
                    records_per_shard=args.records_per_shard, template=args.template,
-                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner, overwrite=args.overwrite)
+                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner, overwrite=args.overwrite,
+                   max_member_bytes=args.max_member_bytes)
   print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards at {args.out}; "
         f"skipped {manifest['skipped'] or 'none'}; repaired {manifest['repaired'] or 'none'}")
   if not manifest['num_records']:

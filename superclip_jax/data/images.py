@@ -94,9 +94,11 @@ def prepare_image(data: bytes, *, max_side: int = 0, max_pixels: int = DEFAULT_M
 
 
 def prepare_caption(raw: bytes | str | None) -> str:
-  """A usable caption, or SkipRecord('missing_caption' | 'caption_not_utf8' | 'empty_caption')."""
+  """A usable caption, or SkipRecord('missing_caption' | 'caption_not_text' | 'caption_not_utf8' | 'empty_caption')."""
   if raw is None:
     raise SkipRecord('missing_caption')
+  if not isinstance(raw, (str, bytes)):  # a number, list or object in a JSON caption field
+    raise SkipRecord('caption_not_text', type(raw).__name__)
   if isinstance(raw, bytes):
     try:
       raw = raw.decode('utf-8')

@@ -65,7 +65,11 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if key not in manifest:
       raise UserError(f'{path}: missing key {key!r}')
   for shard in manifest['shards']:
-    shard['path'] = storage.join(directory, shard['file'])
+    name = shard.get('file') if isinstance(shard, dict) else None
+    # A shard is a file of this folder: a manifest cannot point reads elsewhere (../, /abs, URLs).
+    if not isinstance(name, str) or not name or '/' in name or '\\' in name or name in ('.', '..'):
+      raise UserError(f'{path}: shard {name!r} is not a file name inside {directory}')
+    shard['path'] = storage.join(directory, name)
     if not storage.exists(shard['path']):
       raise UserError(f'{shard["path"]} listed in {path} does not exist')
   manifest['directory'] = directory

@@ -24,6 +24,9 @@ from superclip_jax.errors import UserError
 REMOTE_PREFIXES = ('gs://', 's3://', 'http://', 'https://', 'pipe:')
 RETRIES = int(os.environ.get('SUPERCLIP_DOWNLOAD_RETRIES', '3'))  # attempts after the first
 BACKOFF_S = float(os.environ.get('SUPERCLIP_DOWNLOAD_BACKOFF_S', '1.0'))  # doubled per retry
+# A server that accepts and then says nothing fails an attempt after these, never hangs a build.
+CONNECT_TIMEOUT_S = float(os.environ.get('SUPERCLIP_CONNECT_TIMEOUT_S', '30'))
+READ_TIMEOUT_S = float(os.environ.get('SUPERCLIP_READ_TIMEOUT_S', '60'))  # with no byte arriving
 _CHUNK = 1 << 20
 
 
@@ -54,7 +57,7 @@ def expand(pattern: str) -> list[str]:
   out = []
   for path in paths:
     if any(c in path for c in '*?['):
-      fs, _ = fsspec.core.url_to_fs(path)
+      fs, _ = fsspec.core.url_to_fs(path, **_timeouts(path))
       protocol = path.split('://', 1)[0]
       out.extend(f'{protocol}://{p}' for p in sorted(fs.glob(path)))
     else:
@@ -66,16 +69,56 @@ def _copy_once(url: str, out: BinaryIO) -> None:
   if url.startswith('pipe:'):
     # webdataset's convention: the command's stdout is the file; a non-zero status is a failure.
     proc = subprocess.Popen(url[len('pipe:'):], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    shutil.copyfileobj(proc.stdout, out, _CHUNK)
+    _copy_pipe(proc, out)
     err = proc.stderr.read().decode('utf-8', 'replace').strip()
     if proc.wait() != 0:
       raise OSError(f'command exited with status {proc.returncode}: {err[-300:]}')
     return
   import fsspec
-  # block_size=0: stream HTTP bodies instead of ranged reads (plain servers do not do ranges).
-  kwargs = {'block_size': 0} if url.startswith(('http://', 'https://')) else {}
-  with fsspec.open(url, 'rb', **kwargs) as f:
+  with fsspec.open(url, 'rb', **_timeouts(url)) as f:
     shutil.copyfileobj(f, out, _CHUNK)
+
+
+def _timeouts(url: str) -> dict[str, Any]:
+  """fsspec options that bound connecting and each read, per protocol."""
+  if url.startswith(('http://', 'https://')):
+    import aiohttp
+    # block_size=0: stream HTTP bodies instead of ranged reads (plain servers do not do ranges).
+    return {'block_size': 0, 'client_kwargs': {'timeout': aiohttp.ClientTimeout(
+        total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)}}
+  if url.startswith('gs://'):
+    return {'requests_timeout': READ_TIMEOUT_S}  # gcsfs: each HTTP request
+  if url.startswith('s3://'):
+    return {'config_kwargs': {'connect_timeout': CONNECT_TIMEOUT_S, 'read_timeout': READ_TIMEOUT_S}}
+  return {}
+
+
+def _copy_pipe(proc: subprocess.Popen, out: BinaryIO) -> None:
+  """A command's stdout into out; a command silent for READ_TIMEOUT_S is killed (an OSError)."""
+  import select
+  fd = proc.stdout.fileno()
+  while True:
+    ready, _, _ = select.select([fd], [], [], READ_TIMEOUT_S)
+    if not ready:
+      proc.kill()
+      proc.wait()
+      raise OSError(f'command wrote nothing for {READ_TIMEOUT_S:g} s: killed')
+    chunk = os.read(fd, _CHUNK)
+    if not chunk:
+      return
+    out.write(chunk)
+
+
+def _not_there(error: Exception) -> bool:
+  """A permanent "not found" (not retried). fsspec's HTTP raises FileNotFoundError for any failure
+  to open, a timeout or a refused connection included: its cause says which."""
+  if not isinstance(error, FileNotFoundError):
+    return False
+  cause = error.__cause__
+  status = getattr(cause, 'status', None)
+  if status is not None:
+    return status in (404, 410)
+  return cause is None or isinstance(cause, FileNotFoundError)
 
 
 def download(url: str, out: BinaryIO, retries: int | None = None) -> None:
@@ -87,11 +130,12 @@ def download(url: str, out: BinaryIO, retries: int | None = None) -> None:
     try:
       _copy_once(url, out)
       return
-    except FileNotFoundError:
-      raise
     except Exception as e:  # network stacks raise many types (aiohttp, botocore, google-auth)
+      if _not_there(e):
+        raise
+      cause = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ is not None else e
       if attempt == retries:
-        raise OSError(f'{type(e).__name__}: {e} (after {retries + 1} attempts)') from e
+        raise OSError(f'{type(cause).__name__}: {cause} (after {retries + 1} attempts)') from e
       time.sleep(BACKOFF_S * 2 ** attempt)
 
 
@@ -102,9 +146,10 @@ def read_bytes(url: str) -> bytes:
   return buf.getvalue()
 
 
-def read_webdataset_url(url: str) -> Iterator[dict[str, Any]]:
+def read_webdataset_url(url: str, max_member_bytes: int | None = None) -> Iterator[dict[str, Any]]:
   """Items of a remote tar; a tar that cannot be downloaded is one 'unreadable_tar' skip."""
   from superclip_jax.data import sources
+  max_member_bytes = max_member_bytes or sources.MAX_MEMBER_BYTES
   with tempfile.TemporaryFile(prefix='superclip_tar_') as f:
     try:
       download(url, f)
@@ -112,7 +157,7 @@ def read_webdataset_url(url: str) -> Iterator[dict[str, Any]]:
       yield {'key': url, 'skip': 'unreadable_tar', 'detail': f'{url}: {e}'}
       return
     f.seek(0)
-    yield from sources.read_webdataset_tar(url, fileobj=f)
+    yield from sources.read_webdataset_tar(url, fileobj=f, max_member_bytes=max_member_bytes)
 
 
 def _join(base: str, *parts: str) -> str:
@@ -126,7 +171,7 @@ def list_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict
   from superclip_jax.data import sources
   check_driver(url)
   try:
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = fsspec.core.url_to_fs(url, **_timeouts(url))
   except (ImportError, ValueError) as e:
     raise UserError(f'folder source {url}: {e}') from None
   for name in ('captions.jsonl', 'captions.csv'):

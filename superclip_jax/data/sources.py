@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tarfile
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from superclip_jax.errors import UserError
 
@@ -46,6 +46,12 @@ def _unsafe(name: str) -> bool:
   return name.startswith('/') or '..' in parts or re.match(r'^[A-Za-z]:', name) is not None
 
 
+def _inside(path: str, root: str) -> bool:
+  """Whether path, symlinks resolved, stays inside root (a link out would copy outside files in)."""
+  real, top = os.path.realpath(path), os.path.realpath(root)
+  return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _split_key(name: str) -> tuple[str, str]:
   """WebDataset convention: the key is the path up to the first dot of the basename."""
   directory, base = os.path.split(name)
@@ -72,10 +78,26 @@ def _group_to_item(key: str, files: dict[str, bytes]) -> dict[str, Any]:
     return {'key': key, 'skip': 'missing_caption'}
   return {'key': key, 'image': files[image_ext], 'caption': caption,
           'long_caption': files.get(LONG_CAPTION_EXT) or meta.get('long_caption') or '',
-          'label': int(meta['label']) if isinstance(meta.get('label'), int) else -1}
+          'label': _label(meta.get('label', -1))}
 
 
-def read_webdataset_tar(path: str, fileobj=None) -> Iterator[dict[str, Any]]:
+def _label(value: Any) -> Any:
+  """An int label as given (the builder checks its range); digits in a string count; else -1."""
+  if isinstance(value, bool):
+    return -1
+  if isinstance(value, int):
+    return value
+  if isinstance(value, str) and value.lstrip('-').isdigit():
+    return int(value)
+  return -1
+
+
+# Tar members larger than this are skipped unread (an image is megabytes; a .tar.gz can
+# expand a tiny download into gigabytes). data.build --max-member-bytes changes it.
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
   """Items of one img2dataset-style tar (key.jpg + key.txt + key.json), streamed in order.
 
   Nothing is extracted to disk, so a path-traversal name is only skipped and counted. A
@@ -91,6 +113,9 @@ def read_webdataset_tar(path: str, fileobj=None) -> Iterator[dict[str, Any]]:
           continue
         if _unsafe(member.name):
           yield {'key': member.name, 'skip': 'unsafe_path'}
+          continue
+        if member.size > max_member_bytes:  # passed over without reading it into memory
+          yield {'key': member.name, 'skip': 'member_too_large', 'detail': f'{member.size} bytes'}
           continue
         key, ext = _split_key(member.name)
         if key != current_key:
@@ -115,8 +140,16 @@ def read_webdataset_tar(path: str, fileobj=None) -> Iterator[dict[str, Any]]:
     yield _group_to_item(current_key, files)
 
 
-def parse_jsonl(lines, name: str) -> list[dict[str, Any]]:
-  """Rows of a captions.jsonl (blank lines ignored); a bad line is a UserError naming it."""
+class _BadRow(NamedTuple):
+  """A captions.jsonl line that is not JSON: where it is, and why."""
+  where: str
+  reason: str
+  detail: str
+
+
+def parse_jsonl(lines, name: str) -> list[Any]:
+  """Rows of a captions.jsonl (blank lines ignored); a line that is not JSON becomes a skip
+  marker naming it (items_from_rows counts it), so one bad line does not stop a build."""
   rows = []
   for n, line in enumerate(lines, 1):
     if not line.strip():
@@ -124,8 +157,9 @@ def parse_jsonl(lines, name: str) -> list[dict[str, Any]]:
     try:
       rows.append(json.loads(line))
     except ValueError as e:
-      raise UserError(f'{name}:{n}: not JSON ({e})') from e
+      rows.append(_BadRow(f'{name}:{n}', 'row_not_json', str(e)))
   return rows
+
 
 
 def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join,
@@ -139,22 +173,30 @@ def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.joi
   items = []
   repeats: dict[str, int] = {}
   for n, row in enumerate(rows):
+    if isinstance(row, _BadRow):
+      items.append({'key': row.where, 'skip': row.reason, 'detail': row.detail})
+      continue
+    if not isinstance(row, dict):
+      items.append({'key': f'{directory}: row {n}', 'skip': 'row_not_object', 'detail': type(row).__name__})
+      continue
     rel = row.get('image') or row.get('file') or row.get('filename')
-    if not rel:
-      raise UserError(f'{directory}: caption row {n} has no "image" (or "file") field')
+    if not isinstance(rel, str) or not rel:
+      items.append({'key': f'{directory}: row {n}', 'skip': 'row_without_image', 'detail': repr(rel)[:80]})
+      continue
     path = join(directory, rel)
     if _unsafe(rel):
       items.append({'key': rel, 'skip': 'unsafe_path'})
       continue
     k = repeats[rel] = repeats.get(rel, -1) + 1
     key = f'{rel}#{k}' if k else rel
+    if join is os.path.join and not _inside(path, directory):
+      items.append({'key': key, 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
+      continue
     if exists is not None and not exists(path):
       items.append({'key': key, 'skip': 'missing_image'})
       continue
-    label = row.get('label', -1)
     items.append({'key': key, 'image_path': path, 'caption': row.get('caption', row.get('text')),
-                  'long_caption': row.get('long_caption') or '',
-                  'label': int(label) if str(label).lstrip('-').isdigit() else -1})
+                  'long_caption': row.get('long_caption') or '', 'label': _label(row.get('label', -1))})
   return items
 
 
@@ -188,6 +230,9 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
     for fname in sorted(os.listdir(class_dir)):
       if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
         rel = os.path.join(name, fname)
+        if not _inside(os.path.join(class_dir, fname), directory):
+          items.append({'key': rel, 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
+          continue
         items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
                       'caption': template.format(name.replace('_', ' ')), 'label': label})
   return items, classes

@@ -34,6 +34,10 @@ class IncompatibleCheckpoint(UserError):
   """A checkpoint whose tree does not fit this run's model or optimizer."""
 
 
+class OtherBatch(UserError):
+  """A checkpoint trained at another global batch size than this run's."""
+
+
 class DamagedCheckpoint(RuntimeError):
   """A checkpoint whose arrays read back other than they were saved (a changed byte)."""
 
@@ -120,7 +124,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     c = config.checkpoint
-    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')
+    self.workdir = storage.absolute(workdir)
+    self.directory = storage.join(self.workdir, 'checkpoints')
     self.every = int(c.every_steps)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(self.every, 1), max_to_keep=c.keep or None,
@@ -188,8 +193,9 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         self.check_fits(step, target, config)
+        self.check_same_batch(step, config)
         return self.restore(step, target)
-      except IncompatibleCheckpoint:
+      except (IncompatibleCheckpoint, OtherBatch):
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for damaged files
         reason = _one_line(e)
@@ -198,6 +204,20 @@ class Checkpointer:
     if steps:
       raise UserError(f'no usable checkpoint in {self.directory}:\n  ' + '\n  '.join(problems))
     return None
+
+  def check_same_batch(self, step: int, config: ml_collections.ConfigDict) -> None:
+    """Raise OtherBatch if the checkpoint was trained at another global batch size.
+
+    Batches are indexed by step (batch s holds samples s*B .. (s+1)*B - 1), so resuming at
+    another B would skip or repeat samples: refused, with the two ways forward.
+    """
+    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    before = saved['data']['global_batch_size']
+    if before != config.data.global_batch_size:
+      raise OtherBatch(f'checkpoint {self.path(step)} was trained at data.global_batch_size={before}, this run has '
+                       f'{config.data.global_batch_size}: resuming would read other samples than an unbroken run. '
+                       f'Resume with --config.data.global_batch_size={before}, or start a new workdir from its weights '
+                       f'with --config.init_from={self.workdir}')
 
   def _set_aside(self, step: int, reason: str, delete: bool) -> None:
     """Move an unusable step out of Orbax's sight (process 0 moves, every process waits for it)."""

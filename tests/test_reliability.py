@@ -375,3 +375,12 @@ def test_a_stalled_server_is_a_counted_failure_within_the_deadline(tmp_path):
   assert manifest['skipped'] == {'unreadable_tar': 1}
   assert 'Timeout' in json.dumps(manifest['skip_examples']), manifest['skip_examples']
   assert proc.returncode == 2 and 'no records built' in proc.stderr  # nothing else to build from
+
+
+def test_resuming_at_another_global_batch_is_refused(tmp_path):
+  train.run(_run_config(3), str(tmp_path))
+  config = _run_config(6)
+  config.data.global_batch_size *= 2
+  with pytest.raises(checkpoint.OtherBatch, match=r'trained at data.global_batch_size=16, this run has 32: resuming'):
+    train.run(config, str(tmp_path))
+  assert os.path.isdir(tmp_path / 'checkpoints' / '3')  # refused, not set aside

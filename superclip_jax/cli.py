@@ -14,6 +14,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import errno
+import os
+import shutil
 import sys
 from typing import Any, Callable
 
@@ -134,6 +137,22 @@ def user_errors(prog: str | None = None):
   except UserError as e:
     report(e, prog or _PROG[0])
     sys.exit(2)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    # A full disk: one line naming the file and what is left, not a traceback per thread.
+    where = e.filename or os.getcwd()
+    folder = os.path.dirname(os.path.abspath(where))
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+      folder = os.path.dirname(folder)
+    try:
+      free = shutil.disk_usage(folder).free
+      left = f'{free / 2**20:.0f} MiB free'
+    except OSError:
+      left = 'free space unknown'
+    report(UserError(f'no space left on the device writing {where} ({left}): free some space, or use another '
+                     'directory'), prog or _PROG[0])
+    sys.exit(1)
 
 
 def run(main: Callable[[list[str]], Any], prog: str) -> None:

@@ -46,7 +46,10 @@ class Throughput:
   """
 
   def __init__(self, global_batch_size: int, total_steps: int, start_step: int, flops_per_step: float = 0.0,
-               peak_flops: float = 0.0, elapsed: float = 0.0):
+               peak_flops: float = 0.0, elapsed: float = 0.0, untimed_steps: int = 0):
+    # untimed_steps: steps of the window whose time `elapsed` does not hold (a resumed run's
+    # first step, which compiles): left out of the first row's count, not counted as free.
+    self.untimed = untimed_steps
     self.batch = global_batch_size
     self.total = total_steps
     self.last_step = start_step
@@ -63,8 +66,10 @@ class Throughput:
   def update(self, step: int) -> dict[str, float]:
     now = time.perf_counter()
     dt = max(now - self.last_time + self.elapsed_before, 1e-9)
-    steps = max(step - self.last_step, 1)
-    self.last_step, self.last_time, self.elapsed_before = step, now, 0.0
+    steps = step - self.last_step - self.untimed
+    self.last_step, self.last_time, self.elapsed_before, self.untimed = step, now, 0.0, 0
+    if steps <= 0:  # a row right after a resume's first step: no timed step yet
+      return {}
     steps_per_sec = steps / dt
     row = {'steps_per_sec': steps_per_sec, 'images_per_sec': steps_per_sec * self.batch,
            'eta_seconds': (self.total - step) / steps_per_sec}

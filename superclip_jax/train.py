@@ -185,7 +185,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, gl
           jax.block_until_ready(state.step)
           logging.info('first step (with compilation) took %.1fs', time.perf_counter() - t_start)
           throughput = metrics.Throughput(global_batch, total_steps, clock.get('last_step', done), flops_per_step,
-                                          peak or 0.0, elapsed=clock.get('elapsed', 0.0))
+                                          peak or 0.0, elapsed=clock.get('elapsed', 0.0),
+                                          untimed_steps=1 if 'last_step' in clock else 0)
         stop = preemption.should_stop(done)
         boundary = done % config.log_every_steps == 0 or done == total_steps
         saving = stop or ckpt.due(done, total_steps)

@@ -1,19 +1,33 @@
-"""Failures that used to cost a run: a damaged newest checkpoint (crash loop), two writers in one
-workdir or one build --out, a SIGTERM that exited 0."""
+"""Failures that used to cost a run or a build: a damaged newest checkpoint (crash loop), two writers
+in one workdir or one build --out, a SIGTERM that exited 0, malformed samples, stalled servers,
+degraded runs, hostile files."""
 
+import errno
 import glob
+import gzip
+import io
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 
+import corpus
+import jax
+import numpy as np
 import pytest
-from test_checkpoint import _config
+from PIL import Image
+from test_checkpoint import _config, _state_on
 
-from superclip_jax import checkpoint, train, workdir_lock
-from superclip_jax.data import build
+from superclip_jax import checkpoint, cli, metrics, train, workdir_lock
+from superclip_jax.data import build, records
 from superclip_jax.errors import UserError
+from superclip_jax.evals import registry
+from superclip_jax.interop import tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +149,6 @@ def test_a_second_run_in_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path
 
 
 def test_a_second_build_into_one_out_is_refused(tmp_path):
-  import corpus
   corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(4))
   out = tmp_path / 'shards'
   with workdir_lock.DirectoryLock(str(out), 'shard build'):
@@ -162,9 +175,6 @@ def test_sigterm_saves_then_exits_with_the_preempt_status(tmp_path):
 
 
 def test_fingerprints_catch_one_flipped_bit_in_any_leaf():
-  import jax
-  import numpy as np
-  from test_checkpoint import _state_on
   state, _ = _state_on(_config(), (8, 1, 1), jax.devices(), steps=1)
   before = checkpoint.fingerprints(state)
   assert before == checkpoint.fingerprints(jax.tree.map(lambda x: x, state))
@@ -194,7 +204,6 @@ def test_a_checkpoint_whose_arrays_differ_from_their_fingerprints_is_set_aside(t
 
 
 def test_a_rebuild_from_other_inputs_is_refused_unless_overwrite(tmp_path):
-  import corpus
   corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(4))
   corpus.write_tar(str(tmp_path / 'b.tar'), corpus.good_members(6, start=10))
   out = str(tmp_path / 'shards')
@@ -211,8 +220,6 @@ def test_a_rebuild_from_other_inputs_is_refused_unless_overwrite(tmp_path):
 
 
 def test_an_out_inside_the_source_folder_is_refused(tmp_path):
-  import corpus
-  from PIL import Image
   for label in ('cat', 'dog'):
     os.makedirs(tmp_path / 'src' / label)
     Image.fromarray(corpus.picture(1)).save(tmp_path / 'src' / label / 'a.png')
@@ -222,7 +229,6 @@ def test_an_out_inside_the_source_folder_is_refused(tmp_path):
 
 
 def test_a_build_of_zero_records_exits_non_zero(tmp_path):
-  import corpus
   corpus.write_tar(str(tmp_path / 'junk.tar'), [('k1.jpg', b'not an image'), ('k1.txt', b'a caption')])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{tmp_path}/junk.tar',
@@ -263,8 +269,6 @@ def test_replaced_examples_past_the_limit_stop_the_run():
 
 
 def test_malformed_samples_are_skipped_and_counted_and_the_build_finishes(tmp_path):
-  import corpus
-  from PIL import Image
   src = tmp_path / 'src'
   src.mkdir()
   for i in range(4):
@@ -293,18 +297,14 @@ def test_malformed_samples_are_skipped_and_counted_and_the_build_finishes(tmp_pa
 
 
 def test_an_oversized_tar_member_is_skipped_unread(tmp_path):
-  import gzip
-  import resource
-  import tarfile
 
-  import corpus
   members = corpus.good_members(2)
   path = tmp_path / 'bomb.tar.gz'
   with gzip.open(path, 'wb', compresslevel=1) as gz, tarfile.open(fileobj=gz, mode='w|') as tar:
     for name, data in members:
       info = tarfile.TarInfo(name)
       info.size = len(data)
-      tar.addfile(info, __import__('io').BytesIO(data))
+      tar.addfile(info, io.BytesIO(data))
     info = tarfile.TarInfo('bomb.jpg')
     info.size = 1 << 30  # 1 GiB of zeros: about 1 MB compressed
     zeros = b'\0' * (1 << 20)
@@ -315,19 +315,23 @@ def test_an_oversized_tar_member_is_skipped_unread(tmp_path):
     tar.addfile(info, Zeros())
   assert path.stat().st_size < 8 << 20
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{path}', '--out',
-                         str(tmp_path / 'out')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  # The build's own peak memory (its one shard is built in-process), printed as its last line.
+  measure = ('import resource, runpy, sys\n'
+             'try:\n'
+             '  runpy.run_module("superclip_jax.data.build", run_name="__main__")\n'
+             'finally:\n'
+             '  print("peak_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n')
+  proc = subprocess.run([sys.executable, '-c', measure, '--source', f'webdataset:{path}', '--out', str(tmp_path / 'out')],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   manifest = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
   assert manifest['num_records'] == 2 and manifest['skipped'].get('member_too_large') == 1
-  peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-  assert peak_mb < 900, f'the build peaked at {peak_mb:.0f} MB'
+  peak_mb = int(proc.stderr.split('peak_kb ')[-1].split()[0]) / 1024
+  assert peak_mb < 700, f'the build peaked at {peak_mb:.0f} MB'  # reading the member would add 1,024
 
 
 def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
-  import corpus
 
-  from superclip_jax.data import records
   corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(2))
   out = tmp_path / 'out'
   build.build(f'webdataset:{tmp_path}/in.tar', str(out), progress=False)
@@ -339,8 +343,6 @@ def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
 
 
 def test_a_stalled_server_is_a_counted_failure_within_the_deadline(tmp_path):
-  import socket
-  import threading
   server = socket.socket()
   server.bind(('127.0.0.1', 0))
   server.listen(8)
@@ -384,3 +386,44 @@ def test_resuming_at_another_global_batch_is_refused(tmp_path):
   with pytest.raises(checkpoint.OtherBatch, match=r'trained at data.global_batch_size=16, this run has 32: resuming'):
     train.run(config, str(tmp_path))
   assert os.path.isdir(tmp_path / 'checkpoints' / '3')  # refused, not set aside
+
+
+def test_a_safetensors_file_with_a_hostile_header_is_one_clear_error(tmp_path):
+  bad = tmp_path / 'model.safetensors'
+  bad.write_bytes(struct.pack('<Q', 2**62) + b'{}')
+  with pytest.raises(UserError, match=r'model.safetensors: not a valid safetensors file \(its header claims '
+                                      r'4611686018427387904 bytes; the file has 10\)'):
+    tensors.read_file(str(bad))
+  bad.write_bytes(struct.pack('<Q', 2) + b'{]')
+  with pytest.raises(UserError, match='model.safetensors: not a valid safetensors file'):
+    tensors.read_file(str(bad))
+
+
+def test_a_full_disk_is_one_line_naming_the_file(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    with cli.user_errors('superclip_jax.main'):
+      raise OSError(errno.ENOSPC, 'No space left on device', '/tmp/run/metrics.jsonl')
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('superclip_jax.main: error: no space left on the device writing '
+                                             '/tmp/run/metrics.jsonl (') and 'MiB free' in err[0]
+
+
+def test_evaluation_shards_of_another_tokenizer_are_refused(tmp_path):
+  corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(2))
+  build.build(f'webdataset:{tmp_path}/in.tar', str(tmp_path / 'eval'), progress=False)  # the CLIP BPE: 49,408
+  config = _config()  # a 64-token vocabulary
+  config.evals.zs = registry.evaluator(kind='retrieval', shards=str(tmp_path / 'eval'))
+  with pytest.raises(UserError, match=r'tokenizer mismatch with config.evals.zs.shards \(.*eval\): '
+                                      r'config.model.vocab_size=64 but the shards have 49408'):
+    registry.Evaluators(config, embedder=None)
+
+
+def test_the_first_throughput_row_after_a_resume_counts_only_timed_steps():
+  # Resumed at step 20 (the window's clock: 4 s before the kill), the first step compiles untimed.
+  resumed = metrics.Throughput(8, 100, start_step=20, elapsed=4.0, untimed_steps=1)
+  time.sleep(0.5)
+  row = resumed.update(30)
+  assert row['steps_per_sec'] == pytest.approx(9 / 4.5, rel=0.05)  # 9 timed steps in 4.5 s, not 10
+  # A row at the very first resumed step has no timed step: no throughput, not a 100x figure.
+  assert metrics.Throughput(8, 100, start_step=20, untimed_steps=1).update(21) == {}

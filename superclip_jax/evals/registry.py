@@ -66,8 +66,12 @@ class Evaluators:
     self.evals = dict(config.evals.items())
     self.embedder = embedder
     self._built = {}
+    from superclip_jax.data import inputs, records
     for name, ev in self.evals.items():
       module = KINDS[ev.kind]
+      if ev.kind in ('zeroshot', 'retrieval'):  # their texts must be token ids of the model's vocabulary
+        inputs.check_tokenizer_matches(config, records.read_manifest(ev.shards)['tokenizer'],
+                                       f'config.evals.{name}.shards ({ev.shards})')
       try:
         self._built[name] = module.Evaluator(ev, embedder, seed=config.seed)
       except ValueError as e:

@@ -25,16 +25,40 @@ def _to_numpy(t) -> np.ndarray:
   return t.detach().cpu().numpy()
 
 
+def _check_safetensors_header(path: str) -> None:
+  """A UserError naming the file unless it starts with a sane safetensors header.
+
+  The format is an 8-byte little-endian header length, then that much JSON: a damaged or
+  hostile length (2**62) would otherwise surface as an allocation failure or a panic.
+  """
+  import os
+  import struct
+  if '://' in path:  # a URL: safetensors itself reads it
+    return
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  if len(head) < 8:
+    raise UserError(f'{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)')
+  (length,) = struct.unpack('<Q', head)
+  if length > size - 8 or length > 100 * 2**20:
+    raise UserError(f'{path}: not a valid safetensors file (its header claims {length} bytes; the file has {size})')
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   import importlib.util
+  _check_safetensors_header(path)
   # Framework 'pt' reads bfloat16, which numpy cannot hold; without torch, numpy reads the rest.
   framework = 'pt' if importlib.util.find_spec('torch') else 'numpy'
   from safetensors import safe_open
   out = {}
-  with safe_open(path, framework=framework) as f:
-    for k in f.keys():
-      v = f.get_tensor(k)
-      out[k] = _to_numpy(v) if framework == 'pt' else v
+  try:
+    with safe_open(path, framework=framework) as f:
+      for k in f.keys():
+        v = f.get_tensor(k)
+        out[k] = _to_numpy(v) if framework == 'pt' else v
+  except Exception as e:  # safetensors raises its own error types for malformed files
+    raise UserError(f'{path}: not a valid safetensors file ({type(e).__name__}: {e})') from None
   return out
 
 

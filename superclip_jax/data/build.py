@@ -367,16 +367,15 @@ def _claim(out_dir: str, fingerprint: str, source: str, overwrite: bool) -> None
 
 
 def _check_outside_sources(source: str, out_dir: str) -> None:
-  """Refuse an --out inside a source folder: a rerun would read its own output as input."""
-  out = os.path.realpath(out_dir)
-  rest = source.split(':', 1)[1] if ':' in source else source
-  for part in rest.split(','):
-    for candidate in (part, part.rsplit(':', 1)[0]):  # 'DIR' or 'DIR:split'
-      if candidate and os.path.isdir(candidate):
-        folder = os.path.realpath(candidate)
-        if out == folder or out.startswith(folder + os.sep):
-          raise UserError(f'--out {out_dir} is inside the source folder {candidate}: a rerun would read its own '
-                          'output; give an --out outside it')
+  """Refuse an --out inside a folder: source, whose every sub-folder is read (ImageFolder: a
+  class); a rerun would read its own output as input. Benchmark layouts read named parts only."""
+  kind, _, folder = source.partition(':')
+  if kind != 'folder' or not os.path.isdir(folder):
+    return
+  out, top = os.path.realpath(out_dir), os.path.realpath(folder)
+  if out == top or out.startswith(top.rstrip(os.sep) + os.sep):
+    raise UserError(f'--out {out_dir} is inside the source folder {folder}: a rerun would read its own output; '
+                    'give an --out outside it')
 
 
 def _remove_if_unfinished(out_dir: str, created: bool) -> None:

@@ -316,11 +316,13 @@ def test_an_oversized_tar_member_is_skipped_unread(tmp_path):
   assert path.stat().st_size < 8 << 20
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   # The build's own peak memory (its one shard is built in-process), printed as its last line.
-  measure = ('import resource, runpy, sys\n'
+  # VmHWM, not ru_maxrss: the latter keeps the forking pytest process's size across exec.
+  measure = ('import runpy, sys\n'
              'try:\n'
              '  runpy.run_module("superclip_jax.data.build", run_name="__main__")\n'
              'finally:\n'
-             '  print("peak_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n')
+             '  hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]\n'
+             '  print("peak_kb", hwm, file=sys.stderr)\n')
   proc = subprocess.run([sys.executable, '-c', measure, '--source', f'webdataset:{path}', '--out', str(tmp_path / 'out')],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]

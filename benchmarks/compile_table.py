@@ -89,7 +89,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True, help='folder of the cells (report.json, step.hlo.txt, log.txt)')
   parser.add_argument('--render', action='store_true', help='only print the table of the cells already compiled')
-  parser.add_argument('--only', default='', help='comma-separated topologies to compile (default: all)')
+  parser.add_argument('--only', default='', help="comma-separated cells to compile: topologies ('h200:8') or one "
+                      "model's ('B/16@h200:8'); default: all")
   parser.add_argument('--timeout', type=int, default=1800, help='seconds per cell')
   parser.add_argument('overrides', nargs='*', help='--config.KEY=VALUE overrides for every cell (after --)')
   args = parser.parse_args(argv)
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     only = set(filter(None, args.only.split(',')))
     for model in CONFIGS:
       for topology in TOPOLOGIES:
-        if not only or topology in only:
+        if not only or topology in only or f'{model}@{topology}' in only:
           compile_cell(args.out, model, topology, args.overrides, args.timeout)
   print(render(args.out))
 

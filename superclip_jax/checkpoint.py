@@ -134,6 +134,9 @@ class Checkpointer:
     handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=bool(c.ocdbt)), 'loop': ocp.JsonCheckpointHandler(),
                 'config': ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    # Steps known good: saved by this process from a state checked finite, or restored with
+    # matching fingerprints. Only these are named as "the last good checkpoint".
+    self.verified: set[int] = set()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -151,6 +154,7 @@ class Checkpointer:
     The loop item also records a fingerprint of every state leaf, which `restore` checks.
     """
     loop = dict(loop, fingerprints=fingerprints(state))
+    self.verified.add(step)
     return self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         loop=ocp.args.JsonSave(loop),
@@ -247,8 +251,15 @@ class Checkpointer:
       if wrong:
         raise DamagedCheckpoint(f'{len(wrong)} arrays differ from their fingerprints at save: {", ".join(wrong[:4])}'
                                 + (' ...' if len(wrong) > 4 else ''))
+    if saved is not None:
+      self.verified.add(step)
     logging.info('restored %s', self.path(step))
     return restored['state'], loop
+
+  def last_verified(self) -> str | None:
+    """The path of the newest step still on disk that is known good (see `verified`), or None."""
+    good = sorted(self.verified & set(self.steps()))
+    return self.path(good[-1]) if good else None
 
   def wait(self):
     self.manager.wait_until_finished()

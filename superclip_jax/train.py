@@ -261,9 +261,10 @@ def _check_finite(state, config: ml_collections.ConfigDict, ckpt: checkpoint.Che
   """With nonfinite='stop', end the run at the first NaN/Inf step (its update was never applied)."""
   bad_step = int(jax.device_get(state.first_nonfinite_step))
   if bad_step >= 0 and config.nonfinite == 'stop':
-    steps = ckpt.steps()
-    last = ckpt.path(steps[-1]) if steps else 'none yet'
-    raise NonFiniteError(f'non-finite loss or gradient at step {bad_step}; the last good checkpoint is {last}. '
+    good = ckpt.last_verified()
+    where = (f'the last good checkpoint is {good}' if good else
+             'no checkpoint of this run is known good (none saved by it, or restored with matching fingerprints)')
+    raise NonFiniteError(f'non-finite loss or gradient at step {bad_step}; {where}. '
                          "Lower the learning rate, or set --config.nonfinite=skip to drop such updates.")
 
 

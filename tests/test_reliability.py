@@ -429,3 +429,39 @@ def test_the_first_throughput_row_after_a_resume_counts_only_timed_steps():
   assert row['steps_per_sec'] == pytest.approx(9 / 4.5, rel=0.05)  # 9 timed steps in 4.5 s, not 10
   # A row at the very first resumed step has no timed step: no throughput, not a 100x figure.
   assert metrics.Throughput(8, 100, start_step=20, untimed_steps=1).update(21) == {}
+
+
+@pytest.mark.parametrize('fingerprinted', [True, False])
+def test_the_nonfinite_stop_names_only_a_verified_checkpoint(tmp_path, fingerprinted):
+  train.run(_run_config(3), str(tmp_path))
+  if not fingerprinted:  # as written before fingerprints were recorded: restorable, not verifiable
+    loop_file = tmp_path / 'checkpoints' / '3' / 'loop' / 'metadata'
+    loop = json.loads(loop_file.read_text())
+    del loop['fingerprints']
+    loop_file.write_text(json.dumps(loop))
+  config = _run_config(6)
+  config.optim.learning_rate = 1e30
+  expected = r'the last good checkpoint is .*checkpoints/3\.' if fingerprinted else r'no checkpoint of this run is known good'
+  with pytest.raises(train.NonFiniteError, match=r'non-finite loss or gradient at step 5; ' + expected):
+    train.run(config, str(tmp_path))
+
+
+def test_a_key_goes_to_its_first_usable_sample(tmp_path):
+  jpegs = [corpus.encode(corpus.picture(i), 'JPEG') for i in range(3)]
+  first = [('k.jpg', jpegs[0])]  # no caption: unusable
+  later = [('x.jpg', jpegs[1]), ('x.txt', b'another'), ('k.jpg', jpegs[2]), ('k.txt', b'the k')]
+  corpus.write_tar(str(tmp_path / 'a.tar'), first + later)  # within one tar
+  manifest = build.build(f'webdataset:{tmp_path}/a.tar', str(tmp_path / 'one'), progress=False)
+  assert manifest['num_records'] == 2 and manifest['skipped'] == {'missing_caption': 1}
+  corpus.write_tar(str(tmp_path / 'b0.tar'), first)  # across tars: the earlier one's k is unusable
+  corpus.write_tar(str(tmp_path / 'b1.tar'), later)
+  manifest = build.build(f'webdataset:{tmp_path}/b{{0..1}}.tar', str(tmp_path / 'two'), progress=False)
+  assert manifest['num_records'] == 2 and manifest['skipped'] == {'missing_caption': 1}
+  keys = sorted(r['key'] for r in _records(tmp_path / 'two'))
+  assert keys == ['k', 'x']
+
+
+def _records(out):
+  import grain
+  source = grain.sources.ArrayRecordDataSource([s['path'] for s in records.read_manifest(str(out))['shards']])
+  return [records.decode_record(source[i]) for i in range(len(source))]

@@ -47,9 +47,6 @@ from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
 _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
-# Skips whose 'key' names no sample (a member name, a whole tar) or one already counted as a duplicate.
-_NOT_SAMPLES = frozenset({'unsafe_path', 'truncated_tar', 'unreadable_tar', 'duplicate_key', 'member_too_large',
-                          'row_not_json', 'row_not_object', 'row_without_image'})
 # Captions are cut to this many characters before tokenizing (77 tokens are a few hundred
 # characters; a 10 MB caption took 30 s to tokenize for the same 77). Long captions keep more.
 MAX_CAPTION_CHARS = 4096
@@ -99,8 +96,10 @@ def read_stats(out_dir: str, task: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_keys(task: dict[str, Any]) -> list[str]:
-  """The keys of the samples a task reads, in order (what build_shard would see, images not decoded)."""
-  return [str(item.get('key')) for item in _items(task) if item.get('skip') not in _NOT_SAMPLES]
+  """The keys of the samples a task would write, in order, as far as is known without decoding
+  images: an item already skipped (no image, no caption, ...) does not claim its key, so a
+  later usable copy of it is kept."""
+  return [str(item.get('key')) for item in _items(task) if 'skip' not in item]
 
 
 def list_keys(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> None:
@@ -177,11 +176,9 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
   try:
     for item in _items(task):
       key = str(item.get('key'))
-      if item.get('skip') not in _NOT_SAMPLES:
-        if key in earlier or key in seen:
-          # Like a key repeated within a tar: the later sample is dropped before it is read.
-          item = {'key': key, 'skip': 'duplicate_key', 'detail': f'first in {earlier.get(key) or "this input"}'}
-        seen.add(key)
+      if 'skip' not in item and (key in earlier or key in seen):
+        # A key already written (earlier in this input, or in an earlier one): dropped unread.
+        item = {'key': key, 'skip': 'duplicate_key', 'detail': f'first in {earlier.get(key) or "this input"}'}
       try:
         if 'skip' in item:
           raise images.SkipRecord(item['skip'], item.get('detail', ''))
@@ -228,6 +225,7 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
           repaired[f'dropped_long_caption_{e.reason}'] += 1
       ids = tok.with_specials(tok.encode(caption), options['context_length'])
       long_ids = tok.with_specials(tok.encode(long_caption), options['long_context_length']) if long_caption else []
+      seen.add(key)  # only a written sample claims its key
       writer.write(records.encode_record(key=key, image=jpeg, caption=caption, tokens=ids,
                                          long_caption=long_caption, long_tokens=long_ids, label=label))
       # Document frequency over the token bag the classifier sees by default (no SOT/EOT).

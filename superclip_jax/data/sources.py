@@ -101,10 +101,18 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
   """Items of one img2dataset-style tar (key.jpg + key.txt + key.json), streamed in order.
 
   Nothing is extracted to disk, so a path-traversal name is only skipped and counted. A
-  key seen before in this tar, or a repeated extension within a key, drops that group.
-  `fileobj`, when given, holds the tar's bytes (a downloaded remote tar named by `path`).
+  key whose earlier group in this tar was complete (image and caption), or a repeated
+  extension within a key, drops that group; after an incomplete group the next one of its
+  key is read. `fileobj`, when given, holds the tar's bytes (a downloaded remote tar named by `path`).
   """
-  seen: set[str] = set()
+  seen: set[str] = set()  # keys of complete groups yielded so far
+
+  def finish(key, group):
+    item = _group_to_item(key, group)
+    if 'skip' not in item:
+      seen.add(key)
+    return item
+
   current_key, files, duplicate = None, {}, False
   try:
     with tarfile.open(None if fileobj else path, 'r|*', fileobj=fileobj) as tar:
@@ -120,11 +128,10 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
         key, ext = _split_key(member.name)
         if key != current_key:
           if current_key is not None and not duplicate:
-            yield _group_to_item(current_key, files)
+            yield finish(current_key, files)
           current_key, files, duplicate = key, {}, key in seen
           if duplicate:
             yield {'key': key, 'skip': 'duplicate_key'}
-          seen.add(key)
         data = tar.extractfile(member).read()
         tar.members = []  # streaming: do not keep every header in memory
         if duplicate:
@@ -137,7 +144,7 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
   except (tarfile.TarError, OSError, EOFError) as e:
     yield {'key': path, 'skip': 'truncated_tar', 'detail': f'{path}: {e}'}
   if current_key is not None and files and not duplicate:
-    yield _group_to_item(current_key, files)
+    yield finish(current_key, files)
 
 
 class _BadRow(NamedTuple):

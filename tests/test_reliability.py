@@ -465,3 +465,19 @@ def _records(out):
   import grain
   source = grain.sources.ArrayRecordDataSource([s['path'] for s in records.read_manifest(str(out))['shards']])
   return [records.decode_record(source[i]) for i in range(len(source))]
+
+
+def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]  # nothing listens here once closed
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{port}', GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+             FSSPEC_GCS_TOKEN='anon', NO_GCE_CHECK='true', SUPERCLIP_CONNECT_TIMEOUT_S='3')
+  started = time.time()
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source',
+                         'webdataset:gs://bucket/shards/{00000..00099}.tar', '--out', str(tmp_path / 'out')],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and time.time() - started < 60, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if ': error: ' in line]
+  assert len(errors) == 1 and 'gs://bucket/shards/00000.tar: cannot reach it' in errors[0], proc.stderr[-2000:]

@@ -252,6 +252,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
       paths = remote.expand(rest)
       if not paths:
         raise UserError(f'webdataset source {rest!r}: no tar matches')
+      remote.check_reachable(paths[0])  # no network: one line in seconds, not minutes per tar
       return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
               for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)

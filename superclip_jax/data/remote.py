@@ -121,6 +121,33 @@ def _not_there(error: Exception) -> bool:
   return cause is None or isinstance(cause, FileNotFoundError)
 
 
+def check_reachable(url: str) -> None:
+  """A UserError now if url's store cannot be reached at all (no network, no credentials),
+  instead of every input failing after its retries. A missing object is fine here: that one
+  input is counted when it is read."""
+  if url.startswith('pipe:'):
+    return
+  import logging
+
+  import fsspec
+  quiet = logging.getLogger('gcsfs')  # it logs a traceback when its own retries (about 30 s) run out
+  level = quiet.level
+  quiet.setLevel(logging.CRITICAL)
+  try:
+    fs, path = fsspec.core.url_to_fs(url, **_timeouts(url))
+    fs.info(path)
+  except Exception as e:  # network stacks raise many types (aiohttp, botocore, google-auth)
+    if _not_there(e) or isinstance(e, FileNotFoundError) and e.__cause__ is None:
+      return
+    cause = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ is not None else e
+    if getattr(cause, 'status', None) is not None and cause.status not in (401, 403):
+      return  # the server answered: per-input errors are counted later
+    raise UserError(f'{url}: cannot reach it ({type(cause).__name__}: {str(cause)[:200]}); check the network and '
+                    'credentials') from None
+  finally:
+    quiet.setLevel(level)
+
+
 def download(url: str, out: BinaryIO, retries: int | None = None) -> None:
   """Copy url into out, retrying failed attempts from the start; raises OSError when all fail."""
   retries = RETRIES if retries is None else retries

@@ -481,3 +481,20 @@ def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
   assert proc.returncode == 2 and time.time() - started < 60, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if ': error: ' in line]
   assert len(errors) == 1 and 'gs://bucket/shards/00000.tar: cannot reach it' in errors[0], proc.stderr[-2000:]
+
+
+def test_a_hard_link_in_a_tar_reads_its_target(tmp_path):
+  jpeg = corpus.encode(corpus.picture(1), 'JPEG')
+  path = tmp_path / 'links.tar'
+  with tarfile.open(path, 'w') as tar:
+    for name, data in [('a.jpg', jpeg), ('a.txt', b'the first'), ('b.txt', b'the same image again')]:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+    link = tarfile.TarInfo('b.jpg')
+    link.type, link.linkname = tarfile.LNKTYPE, 'a.jpg'
+    tar.addfile(link)
+  manifest = build.build(f'webdataset:{path}', str(tmp_path / 'out'), progress=False)
+  assert manifest['num_records'] == 2 and manifest['skipped'] == {}
+  images = {r['key']: r['image'] for r in _records(tmp_path / 'out')}
+  assert images['a'] == images['b'] == jpeg

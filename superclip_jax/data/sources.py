@@ -7,6 +7,7 @@ input that is bad before any record exists (unsafe tar path, duplicate key, miss
 
 from __future__ import annotations
 
+import collections
 import csv
 import glob
 import json
@@ -95,6 +96,7 @@ def _label(value: Any) -> Any:
 # Tar members larger than this are skipped unread (an image is megabytes; a .tar.gz can
 # expand a tiny download into gigabytes). data.build --max-member-bytes changes it.
 MAX_MEMBER_BYTES = 256 * 2**20
+_LINK_CACHE_BYTES = 64 * 2**20
 
 
 def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
@@ -113,11 +115,17 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
       seen.add(key)
     return item
 
+  # Recently read members by name: a hard link (a file stored once under two names) is read from
+  # here, since a streamed tar cannot seek back to its target. Bounded: a target read long before is
+  # counted as 'hardlink_target_not_recent'.
+  recent: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+  recent_bytes = 0
   current_key, files, duplicate = None, {}, False
   try:
     with tarfile.open(None if fileobj else path, 'r|*', fileobj=fileobj) as tar:
       for member in tar:
-        if not member.isfile():
+        link = member.islnk()
+        if not (member.isfile() or link):
           continue
         if _unsafe(member.name):
           yield {'key': member.name, 'skip': 'unsafe_path'}
@@ -132,7 +140,17 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
           current_key, files, duplicate = key, {}, key in seen
           if duplicate:
             yield {'key': key, 'skip': 'duplicate_key'}
-        data = tar.extractfile(member).read()
+        if link:
+          data = recent.get(os.path.normpath(member.linkname))
+          if data is None:
+            yield {'key': member.name, 'skip': 'hardlink_target_not_recent', 'detail': member.linkname}
+            continue
+        else:
+          data = tar.extractfile(member).read()
+          recent[os.path.normpath(member.name)] = data
+          recent_bytes += len(data)
+          while recent_bytes > _LINK_CACHE_BYTES:
+            recent_bytes -= len(recent.popitem(last=False)[1])
         tar.members = []  # streaming: do not keep every header in memory
         if duplicate:
           continue

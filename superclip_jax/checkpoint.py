@@ -358,7 +358,8 @@ def set_aside_name(path: str) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-  text = ' '.join(str(error).split()) or type(error).__name__
+  # TensorStore appends its whole spec ("See full TensorStore details: <bound method ...>").
+  text = ' '.join(str(error).split()).split(' See full TensorStore details')[0] or type(error).__name__
   return text if len(text) <= 300 else text[:297] + '...'
 
 

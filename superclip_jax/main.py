@@ -8,6 +8,7 @@ compiles the real step for the devices present or a TPU topology and reports mem
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -64,5 +65,11 @@ if __name__ == '__main__':
     # A compile for devices this machine lacks runs on the CPU backend; probing for a GPU
     # (a CUDA plugin on a machine without one) would only cost time and warnings.
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  forced = re.search(r'--xla_force_host_platform_device_count=(\d+)', os.environ.get('XLA_FLAGS', ''))
+  if forced:
+    # Fake CPU devices: XLA's CPU thread pool defaults to one thread per device on a small
+    # machine, which can deadlock when a device has two collectives ready at once
+    # (docs/performance.md, "Fake CPU devices"). Four per device leave room.
+    os.environ.setdefault('PJRT_NPROC', str(4 * int(forced.group(1))))
   allocator.reexec_with_mimalloc()  # before anything allocates: see allocator.py
   cli.run(main, 'superclip_jax.main')

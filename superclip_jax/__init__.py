@@ -1,6 +1,11 @@
 """superclip_jax: SuperCLIP (CLIP + token classification) training in JAX/Flax."""
 
-__version__ = '0.1.0'
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version('superclip_jax')  # pyproject.toml's, the one place it is written
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+  __version__ = '0+unknown'
 
 
 def load(directory: str):

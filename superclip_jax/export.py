@@ -26,11 +26,11 @@ import orbax.checkpoint as ocp
 
 from superclip_jax import checkpoint, cli, storage
 from superclip_jax.errors import UserError
+from superclip_jax.models import vit
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 TRAINING_ONLY = ('token_classifier',)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN, CLIP_STD = vit.CLIP_MEAN_RGB, vit.CLIP_STD_RGB  # written into export metadata
 
 
 def _tokenizer_description(config: dict) -> dict[str, Any]:

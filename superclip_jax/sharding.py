@@ -97,11 +97,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
-  """Leading (batch) dimension split by the 'batch' rule; the rest replicated."""
-  return NamedSharding(mesh, P(tuple(a for a in batch_axes(rules) if a in mesh.axis_names)))
-
-
 def input_sharding(mesh: Mesh) -> NamedSharding:
   """How the host feeds a batch: rows split over every mesh axis, one block per device."""
   return NamedSharding(mesh, P(mesh.axis_names))
@@ -217,8 +212,3 @@ def shardings_from_annotations(tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return replicated(mesh)
   return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, Logical))
 
-
-def strip_annotations(tree: Any) -> Any:
-  """The tree with every `Logical` replaced by its value."""
-  return jax.tree.map(lambda x: x.value if isinstance(x, Logical) else x, tree,
-                      is_leaf=lambda x: isinstance(x, Logical))

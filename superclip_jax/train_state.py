@@ -93,9 +93,9 @@ def abstract_train_state(model_def: ModelDef, tx: optax.GradientTransformation, 
 
 
 def create_train_state(model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict,
-                       mesh: Mesh, rules, seed: int | None = None) -> tuple[TrainState, TrainState]:
-  """Initialise the state inside jit with sharded outputs: no host ever holds the full model."""
-  del seed  # the ModelDef carries its seed
+                       mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+  """Initialise the state inside jit with sharded outputs: no host ever holds the full model (the
+  ModelDef carries the seed)."""
   _, shardings = abstract_train_state(model_def, tx, idf_counts, mesh, rules)
   with jax.set_mesh(mesh):
     state = jax.jit(_init_fn(model_def, tx, idf_counts), out_shardings=shardings)()

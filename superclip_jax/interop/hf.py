@@ -17,7 +17,6 @@ from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelConfig
 
 _LEGACY_EOS = 2
-_TOWERS = (('vision_model.', 'visual.'), ('text_model.', ''))
 _LAYER = re.compile(r'^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$')
 _RENAMES = {
     'vision_model.embeddings.class_embedding': 'visual.class_embedding',

@@ -11,8 +11,11 @@ from superclip_jax.models import layers
 from superclip_jax.models.presets import TowerSize
 
 # OpenAI CLIP's normalisation constants (docs/method.md).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# OpenAI CLIP's image normalisation, as published (exports write these numbers); arrays for the model.
+CLIP_MEAN_RGB = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD_RGB = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = np.array(CLIP_MEAN_RGB, np.float32)
+CLIP_STD = np.array(CLIP_STD_RGB, np.float32)
 
 
 def normalize_images(images: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@ import numpy as np
 
 from superclip_jax.errors import UserError
 from superclip_jax.interop import hf, openclip, tensors
+from superclip_jax.models import vit
 from superclip_jax.models.superclip import ModelConfig
 
 HEAD_FILE = 'token_classifier.safetensors'
@@ -99,8 +100,8 @@ def _preprocessor_config(cfg: ModelConfig) -> dict:
   s = cfg.image_size
   return {'image_processor_type': 'CLIPImageProcessor', 'do_resize': True, 'size': {'shortest_edge': s},
           'resample': 3, 'do_center_crop': True, 'crop_size': {'height': s, 'width': s}, 'do_rescale': True,
-          'rescale_factor': 1 / 255, 'do_normalize': True, 'image_mean': [0.48145466, 0.4578275, 0.40821073],
-          'image_std': [0.26862954, 0.26130258, 0.27577711], 'do_convert_rgb': True}
+          'rescale_factor': 1 / 255, 'do_normalize': True, 'image_mean': list(vit.CLIP_MEAN_RGB),
+          'image_std': list(vit.CLIP_STD_RGB), 'do_convert_rgb': True}
 
 
 def write_hf_tokenizer(out: str, context_length: int) -> None:
@@ -147,8 +148,8 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
     with open(os.path.join(out, OPEN_CLIP_CONFIG), 'w') as f:
       json.dump({'model_cfg': openclip.open_clip_config(cfg),
                  'preprocess_cfg': {'size': cfg.image_size, 'mode': 'RGB', 'interpolation': 'bicubic',
-                                    'resize_mode': 'shortest', 'mean': [0.48145466, 0.4578275, 0.40821073],
-                                    'std': [0.26862954, 0.26130258, 0.27577711]}}, f, indent=1)
+                                    'resize_mode': 'shortest', 'mean': list(vit.CLIP_MEAN_RGB),
+                                    'std': list(vit.CLIP_STD_RGB)}}, f, indent=1)
     if fmt == 'bin':
       tensors.write_torch(os.path.join(out, OPEN_CLIP_WEIGHTS[1]), sd)
     else:

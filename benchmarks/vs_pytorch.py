@@ -97,12 +97,6 @@ def jax_config(args, s: dict):
   return c
 
 
-def _declare_torchvision_ops():
-  """transformers' CLIP imports torchvision: see superclip_jax/interop/torch_env.py."""
-  from superclip_jax.interop import torch_env
-  torch_env.declare_torchvision_ops()
-
-
 def torch_step(args, s: dict, images, ids, fused: bool = True):
   """A blocking PyTorch train step (closure) on the fixed batch, and its parameter count.
 
@@ -112,7 +106,6 @@ def torch_step(args, s: dict, images, ids, fused: bool = True):
   import numpy as np
   import torch
   import torch.nn.functional as F
-  _declare_torchvision_ops()
   from transformers import CLIPConfig, CLIPModel
 
   torch.manual_seed(0)

@@ -343,7 +343,7 @@ def unreadable_reason(step_dir: str) -> str | None:
   if not storage.exists(storage.join(step_dir, 'state')):
     return 'no state'
   try:
-    ocp.StandardCheckpointer().metadata(storage.join(step_dir, 'state'))
+    tree_metadata(storage.join(step_dir, 'state'))
   except Exception as e:  # Orbax raises many types for damaged metadata
     return _one_line(e)
   return None
@@ -365,9 +365,18 @@ def _one_line(error: BaseException) -> str:
 
 def read_numpy_tree(path: str) -> dict:
   """A saved pytree as host numpy arrays, whatever mesh wrote it (small trees, tools and tests)."""
-  meta = ocp.StandardCheckpointer().metadata(path)
-  tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None)
-  if tree is None:
-    tree = meta.item_metadata
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_metadata(path))
+  return restore_item(path, ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+# A saved pytree (a step's `state`, an export's `params`) is read with its item handler, not a
+# Checkpointer: a manager's step keeps _CHECKPOINT_METADATA one level up, and a Checkpointer
+# on the item folder warns on every healthy step that the file is missing.
+def tree_metadata(path: str) -> dict:
+  """The saved pytree's structure, with each array's shape and dtype."""
+  return ocp.PyTreeCheckpointHandler().metadata(storage.Path(path)).tree
+
+
+def restore_item(path: str, args: ocp.args.PyTreeRestore):
+  """The saved pytree at path, restored as args say."""
+  return ocp.PyTreeCheckpointHandler().restore(storage.Path(path), args=args)

@@ -15,6 +15,7 @@ import ast
 import contextlib
 import difflib
 import errno
+import logging
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 
 from superclip_jax import config_defaults
 from superclip_jax.errors import UserError, report
@@ -38,9 +40,16 @@ class _ConfigFlag:
 
 
 def define_config_flag(help_text: str) -> _ConfigFlag:
-  """--config PATH[:ARG]; overrides --config.KEY=VALUE are collected by `parse_flags`."""
-  return _ConfigFlag(flags.DEFINE_string('config', None, help_text + ' PATH[:ARG]; override keys with '
-                                                                     '--config.KEY=VALUE.'))
+  """--config PATH[:ARG]; overrides --config.KEY=VALUE are collected by `parse_flags`.
+
+  Registered as the calling module's flag (as absl names a __main__ module: by sys.argv[0]), so
+  `--help`, which lists the main module's flags, shows it.
+  """
+  caller = sys._getframe(1).f_globals.get('__name__', '')
+  module = sys.argv[0] if caller == '__main__' else caller
+  return _ConfigFlag(flags.DEFINE_string(
+      'config', None, '(required) ' + help_text + ' PATH[:ARG]; override keys with --config.KEY=VALUE.',
+      module_name=module))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -66,6 +75,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(rest)
   except flags.Error as e:
     _fail(str(e).splitlines()[0] + ' (try --helpfull)')
+  except SystemExit as e:
+    # absl's --help / --helpfull print the help and exit 1; asking for help is not a failure.
+    if e.code == 1 and any(a.lstrip('-').split('=')[0] in _HELP_FLAGS for a in rest[1:]):
+      sys.exit(0)
+    raise
+
+
+_HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def _fail(message: str):
@@ -155,7 +172,26 @@ def user_errors(prog: str | None = None):
     sys.exit(1)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class _OwnInfoOnly(logging.Filter):
+  """INFO from this package only: Orbax alone logs about 35 INFO lines per checkpoint save.
+
+  Warnings and errors from anywhere still show; --verbosity=1 (absl's flag) shows everything.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING or absl_logging.get_verbosity() >= 1
+            or record.pathname.startswith(_PACKAGE_DIR))
+
+
 def run(main: Callable[[list[str]], Any], prog: str) -> None:
   """absl's app.run with the override-aware flags parser; errors are reported as `prog: error: ...`."""
   _PROG[0] = prog
-  app.run(main, flags_parser=parse_flags)
+
+  def quiet_main(argv):
+    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())  # app.run has installed the handler by now
+    return main(argv)
+
+  app.run(quiet_main, flags_parser=parse_flags)

@@ -58,9 +58,7 @@ def restore_params(path: str, params_target: dict, image_tower_only: bool = Fals
   wanted = checkpoint.flat_names(params_target)
   if prefix == '':
     _check_fits(path, wanted, image_tower_only, model_cfg)
-  meta = ocp.StandardCheckpointer().metadata(directory)
-  tree = getattr(getattr(meta, 'item_metadata', meta), 'tree', None) or meta.item_metadata
-  saved = {name[len(prefix):]: leaf for name, leaf in checkpoint.flat_names(tree).items()
+  saved = {name[len(prefix):]: leaf for name, leaf in checkpoint.flat_names(checkpoint.tree_metadata(directory)).items()
            if name.startswith(prefix)}
   problems, taken = [], []
   if not any(n.startswith('token_classifier.') for n in wanted):
@@ -81,8 +79,8 @@ def restore_params(path: str, params_target: dict, image_tower_only: bool = Fals
   item = _nest({prefix + n: wanted[n] for n in taken})
   restore_args = jax.tree.map(
       lambda sds: ocp.ArrayRestoreArgs(sharding=sds.sharding, global_shape=sds.shape, dtype=sds.dtype), item)
-  restored = ocp.PyTreeCheckpointer().restore(
-      directory, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+  restored = checkpoint.restore_item(
+      directory, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
   flat = checkpoint.flat_names(restored)
   logging.info('init_from %s: %d of %d parameter arrays loaded', path, len(taken), len(wanted))
   return {n: flat[prefix + n] for n in taken}, taken

@@ -14,9 +14,11 @@ import sys
 from absl import app, flags, logging
 
 from superclip_jax import allocator, cli
+from superclip_jax.errors import UserError
 
 _CONFIG = cli.define_config_flag('Training config file (ml_collections).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                                '(required for training) Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', ['auto', 'yes', 'no'],
     "Start jax.distributed: 'auto' when a cluster (TPU VM, SLURM, Open MPI, K8s) or a coordinator is given.")
@@ -43,7 +45,7 @@ def main(argv):
       report = dry_run.run(config, topology=_TOPOLOGY.value, out_dir=_DRY_RUN_DIR.value)
       sys.exit(0 if report['fits'] else 1)
     if not _WORKDIR.value:
-      raise app.UsageError('--workdir is required')
+      raise UserError('--workdir is required (a directory or gs:// / s3:// URL for checkpoints and metrics)')
     from superclip_jax import runtime
     runtime.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                        _INIT_TIMEOUT.value, _HEARTBEAT.value)

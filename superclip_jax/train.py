@@ -119,6 +119,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, gl
                                            model_cfg=model_def.cfg)
       state = state.replace(params=init_from.merge(state.params, loaded))
   start_step = int(jax.device_get(state.step))
+  if start_step >= total_steps:
+    return _already_complete(workdir, ckpt, start_step)
   if start_step:
     logging.info('resuming at step %d from %s', start_step, ckpt.path(start_step))
 
@@ -231,6 +233,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, gl
     raise checkpoint.Preempted(preempted_at, ckpt.path(preempted_at), int(config.checkpoint.preempt_exit_code))
   if history and jax.process_index() == 0 and history[-1]['step'] == total_steps:
     logging.info('%s', summary_table(history))
+  return history
+
+
+def _already_complete(workdir: str, ckpt: checkpoint.Checkpointer, step: int) -> list[dict[str, Any]]:
+  """A rerun of a finished run: say so and show its final metrics again; nothing is trained or written."""
+  ckpt.close()
+  history = metric_writers.read_rows(workdir)
+  if jax.process_index() == 0:
+    logging.info('already complete at step %d (%s); raise --config.total_steps to train further',
+                 step, ckpt.path(step))
+    if history:
+      logging.info('%s', summary_table(history))
   return history
 
 

@@ -1,21 +1,9 @@
-"""Test helpers: small random PyTorch CLIP models (transformers, OpenCLIP, SuperCLIP layout) and their outputs.
-
-open_clip imports torchvision, which needs superclip_jax.interop.torch_env beside the CPU torch wheel.
-"""
+"""Test helpers: small random PyTorch CLIP models (transformers, OpenCLIP, SuperCLIP layout) and their outputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-from superclip_jax.interop import torch_env
-
-
-def import_open_clip():
-  """open_clip, importable beside a CPU torch with PyPI's (CUDA) torchvision wheel."""
-  torch_env.declare_torchvision_ops()
-  import open_clip
-  return open_clip
 
 
 def perturb(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:

@@ -1,6 +1,7 @@
 """Every command reports a user's mistake in one line on stderr, with no traceback, and a non-zero status."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ CASES = [
     (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.checkpoint.keep=-1'],
      'checkpoint.keep=-1: must be >= 0'),
     (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/a_file'], 'a_file is a file, not a directory'),
+    (['superclip_jax.main', '--config', 'configs/tiny.py'], '--workdir is required'),
     (['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--num_processes=2'],
      'missing --coordinator_address'),
     (['superclip_jax.evaluate', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w'],
@@ -52,3 +54,23 @@ def test_one_line_error_and_nonzero_status(tmp_path, command, message):
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   lines = [line for line in proc.stderr.splitlines() if ': error: ' in line]
   assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  if command[0] == 'superclip_jax.main' and '--workdir' not in command:
+    # A usage mistake is status 2 and one line, not absl's whole flag help with status 1.
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize('module', ['superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench'])
+def test_help_lists_the_required_config_flag_and_exits_0(module):
+  proc = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert re.search(r'^\s+--config: \(required\) ', proc.stdout, re.M), proc.stdout[-3000:]
+
+
+def test_build_help_lists_the_source_schemes():
+  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--help'], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0
+  from superclip_jax.data import build
+  flat = ' '.join(proc.stdout.split())
+  assert all(form in flat for form in build.SOURCE_FORMS), proc.stdout

@@ -11,15 +11,11 @@ import pytest
 torch = pytest.importorskip('torch', reason='interop tests need torch: pip install -r requirements-interop.txt')
 transformers = pytest.importorskip('transformers', reason='interop tests need transformers (requirements-interop.txt)')
 pytest.importorskip('safetensors', reason='interop tests need safetensors (requirements-interop.txt)')
-
-import interop_torch  # noqa: E402
-
-try:
-  open_clip = interop_torch.import_open_clip()
-except ImportError as e:  # pragma: no cover
-  pytest.skip(f'interop tests need open_clip (requirements-interop.txt): {e}', allow_module_level=True)
+# Imported as a user's script imports it: a torchvision that does not match torch fails here, not skips.
+open_clip = pytest.importorskip('open_clip', reason='interop tests need open_clip (requirements-interop.txt)')
 
 import corpus  # noqa: E402
+import interop_torch  # noqa: E402
 import jax  # noqa: E402
 
 from superclip_jax import convert, export  # noqa: E402

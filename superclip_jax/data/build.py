@@ -274,9 +274,12 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'dataset': name, 'split': split, 'start': start,
              'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
             for i, start in enumerate(range(0, total, records_per_shard))], classes
-  raise UserError(f"--source {source!r}: expected one of 'webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', "
-                  "'imagenet:DIR', 'imagenet_v2:DIR', 'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]', "
-                  "'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]'")
+  raise UserError(f"--source {source!r}: expected one of {', '.join(repr(f) for f in SOURCE_FORMS)}")
+
+
+# The --source schemes, as its help and its error list them.
+SOURCE_FORMS = ('webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', 'imagenet:DIR', 'imagenet_v2:DIR',
+                'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]', 'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]')
 
 
 def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
@@ -453,7 +456,10 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.build', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--source', required=True)
+  parser.add_argument('--source', required=True, help=(
+      'what to build from: ' + ', '.join(SOURCE_FORMS) + '. PATTERN: local tars with {000..099} ranges, or '
+      'http(s)://, gs://, s3:// URLs, or pipe:COMMAND; DIR: images with a captions.jsonl or captions.csv, or class '
+      'sub-folders of images (local or a URL)'))
   parser.add_argument('--out', required=True, help='a folder, or a URL every worker can write (gs://, s3://)')
   parser.add_argument('--tokenizer', default='clip', help="'clip' or a tokenizer.json path")
   parser.add_argument('--context-length', type=int, default=77)

@@ -145,11 +145,15 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
     if cfg.vocab_size == CLIP_VOCAB and cfg.eot_id == CLIP_VOCAB - 1:
       write_hf_tokenizer(out, cfg.context_length)
   elif to == 'open_clip':
+    bias = float(np.reshape(sd['logit_bias'], ())) if 'logit_bias' in sd else None
+    config = {'model_cfg': openclip.open_clip_config(cfg, bias),
+              'preprocess_cfg': {'size': cfg.image_size, 'mode': 'RGB', 'interpolation': 'bicubic',
+                                 'resize_mode': 'shortest', 'mean': list(vit.CLIP_MEAN_RGB),
+                                 'std': list(vit.CLIP_STD_RGB)}}
+    if head:  # open_clip reads model_cfg and preprocess_cfg only; this is for whoever wants the head
+      config['token_classifier'] = openclip.token_classifier_config(cfg, HEAD_FILE)
     with open(os.path.join(out, OPEN_CLIP_CONFIG), 'w') as f:
-      json.dump({'model_cfg': openclip.open_clip_config(cfg),
-                 'preprocess_cfg': {'size': cfg.image_size, 'mode': 'RGB', 'interpolation': 'bicubic',
-                                    'resize_mode': 'shortest', 'mean': list(vit.CLIP_MEAN_RGB),
-                                    'std': list(vit.CLIP_STD_RGB)}}, f, indent=1)
+      json.dump(config, f, indent=1)
     if fmt == 'bin':
       tensors.write_torch(os.path.join(out, OPEN_CLIP_WEIGHTS[1]), sd)
     else:

@@ -232,8 +232,13 @@ def from_params(params: dict, copy: bool = True) -> tuple[dict, dict]:
   return as_np(sd), as_np(head)
 
 
-def open_clip_config(cfg: ModelConfig) -> dict:
-  """OpenCLIP's model config (the `model_cfg` of open_clip_config.json) for this model."""
+def open_clip_config(cfg: ModelConfig, logit_bias: float | None = None) -> dict:
+  """OpenCLIP's model config (the `model_cfg` of open_clip_config.json): the keyword arguments of its `CLIP`.
+
+  Stock open_clip passes every key to `CLIP(**model_cfg)`, so nothing else may be here: the
+  token classifier is described beside it (`token_classifier_config`). A SigLIP model needs
+  `init_logit_bias` for `CLIP` to hold the `logit_bias` its weights carry.
+  """
   out = {'embed_dim': cfg.embed_dim, 'quick_gelu': cfg.quick_gelu,
          'vision_cfg': {'image_size': cfg.image_size, 'layers': cfg.image.depth, 'width': cfg.image.width,
                         'head_width': cfg.image.width // cfg.image.heads, 'mlp_ratio': cfg.image.mlp_ratio,
@@ -241,7 +246,13 @@ def open_clip_config(cfg: ModelConfig) -> dict:
   if cfg.text is not None:
     out['text_cfg'] = {'context_length': cfg.context_length, 'vocab_size': cfg.vocab_size, 'width': cfg.text.width,
                        'heads': cfg.text.heads, 'layers': cfg.text.depth, 'mlp_ratio': cfg.text.mlp_ratio}
-  if cfg.variant != 'clip':
-    out['clstext_cfg'] = {'context_length': cfg.context_length, 'vocab_size': cfg.vocab_size, 'layers': 0,
-                          'mlp_ratio': 4}
+  if logit_bias is not None:
+    out['init_logit_bias'] = float(logit_bias)
   return out
+
+
+def token_classifier_config(cfg: ModelConfig, file: str) -> dict:
+  """How to apply the token classifier kept in `file` (the authors' MixClsHead with layers=0)."""
+  return {'file': file, 'vocab_size': cfg.vocab_size, 'width': cfg.image.width, 'layers': 0,
+          'input': 'mean of the image tower\'s patch tokens after ln_post (class token excluded)',
+          'tensors': {'norm': HEAD + 'ln_mlp', 'linear': HEAD + 'text_projection'}}

@@ -86,9 +86,17 @@ def _final(rows: list[dict[str, Any]], key: str) -> str:
   return f'{values[-1]:.4f} (step {steps[-1]})' if steps else '-'
 
 
+def _metric_label(key: str) -> str:
+  """'zeroshot/zeroshot/top1' -> 'zeroshot: top1'; training keys as they are."""
+  if not _is_result(key):
+    return key
+  family, metric = key.rsplit('/', 1)
+  return f'{_family_title(family)}: {metric}'
+
+
 def _draw_table(ax, panel: Panel, runs: dict[str, list[dict[str, Any]]]) -> None:
   ax.axis('off')
-  cells = [[key] + [_final(rows, key) for rows in runs.values()] for key in panel.keys]
+  cells = [[_metric_label(key)] + [_final(rows, key) for rows in runs.values()] for key in panel.keys]
   header = ['metric'] + (list(runs) if len(runs) > 1 else ['final value'])
   table = ax.table(cellText=cells, colLabels=header, loc='upper center', cellLoc='left', colLoc='left')
   table.auto_set_font_size(False)

@@ -75,6 +75,7 @@ def test_plot_draws_curves_of_what_changes_and_a_table_of_final_metrics(tmp_path
   for p in chosen[:-1]:
     assert all(len(plot._series(rows, k)[0]) >= 2 for k in p.keys), p
   assert plot._final(rows, 'zeroshot/zeroshot/top1') == '0.5000 (step 30)'
+  assert plot._metric_label('linear_probe/probe/top1') == 'probe (linear_probe): top1'
   out = plot.plot([str(tmp_path)])
   with open(out, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -117,3 +118,7 @@ def test_pip_install_into_a_fresh_venv_then_import_elsewhere(tmp_path):
   ours = {f for _, _, files in os.walk(os.path.join(ROOT, 'superclip_jax')) for f in files if f.endswith('.py')}
   info_from = {line.split()[3].split(':')[0] for line in proc.stderr.splitlines() if re.match(r'I\d{4} ', line)}
   assert info_from and info_from <= ours, info_from - ours
+  # A healthy checkpoint exports without a warning (Orbax's 'Metadata file does not exist' was one).
+  proc = subprocess.run([py, '-m', 'superclip_jax.export', '--workdir', str(tmp_path / 'tiny'), '--out',
+                         str(tmp_path / 'model')], cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and proc.stderr.strip() == '', proc.stderr[-3000:]

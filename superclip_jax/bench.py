@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from superclip_jax import allocator, cli
+from superclip_jax.errors import user_errors
 
 _FLAGS: dict[str, Any] = {}  # defined only when run as a program: importing this module defines no flags
 
@@ -148,27 +149,20 @@ class Step:
   """The config's real train state and compiled step on the devices present, and a fixed batch."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    from superclip_jax import config_defaults, idf, optim, platform_defaults, sharding, train_state, train_step
-    from superclip_jax.models.superclip import ModelConfig, ModelDef
-    jax.config.update('jax_threefry_partitionable', True)
-    config_defaults.validate(config, training=False)  # timed on a synthetic batch: no data needed
-    config = platform_defaults.resolve(config, jax.devices()[0].platform)
-    self.config = config
-    self.mesh = mesh = sharding.make_mesh(config.mesh.shape)
-    rules = tuple(tuple(r) for r in config.mesh.rules)
-    sharding.check_batch_divides(config.data.global_batch_size, mesh)
-    self.model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-    tx, schedule = optim.make_optimizer(config, self.model_def.shapes(), self.model_def.logical_axes(),
-                                        config_defaults.resolved_total_steps(config))
-    # Offline IDF counts have the shapes of online ones: no statistics file needed to time the step.
-    counts = {} if self.model_def.cfg.variant == 'clip' or config.loss.idf == 'none' else jax.tree.map(
-        np.asarray, idf.zeros(config.model.vocab_size))
+    from superclip_jax import run_setup, train_state, train_step
+    # Timed on a synthetic batch: no data, and IDF counts of the right shapes without statistics.
+    setup = run_setup.prepare(config, training=False, idf_from_data=False)
+    self.config = config = setup.config
+    self.mesh = mesh = setup.mesh
+    self.model_def = setup.model_def
     start = time.perf_counter()
-    self.state, shardings = train_state.create_train_state(self.model_def, tx, counts, mesh, rules)
+    self.state, shardings = train_state.create_train_state(self.model_def, setup.tx, setup.idf_counts, mesh,
+                                                           setup.rules)
     jax.block_until_ready(self.state)
     self.state_seconds = time.perf_counter() - start
     self.batch = synthetic_batch(config, mesh)
-    self.jitted, _ = train_step.jit_train_step(self.model_def, tx, schedule, config, shardings, mesh, rules)
+    self.jitted, _ = train_step.jit_train_step(self.model_def, setup.tx, setup.schedule, config, shardings, mesh,
+                                               setup.rules)
     with jax.set_mesh(mesh):
       start = time.perf_counter()
       lowered = self.jitted.lower(self.state, self.batch)
@@ -299,7 +293,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = {name: flag.value for name, flag in _FLAGS.items() if name != 'config'}
-  with cli.user_errors():
+  with user_errors():
     config = cli.config_value(_FLAGS['config'], training=False)  # a synthetic batch: no data needed
     if f['batch']:
       config.data.global_batch_size = f['batch']

@@ -14,10 +14,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
-import errno
 import logging
 import os
-import shutil
 import sys
 from typing import Any, Callable
 
@@ -25,11 +23,10 @@ import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 
-from superclip_jax import config_defaults
-from superclip_jax.errors import UserError, report
+from superclip_jax import config_defaults, errors
+from superclip_jax.errors import UserError
 
 _OVERRIDES: list[tuple[str, str]] = []
-_PROG = ['superclip_jax']
 
 
 class _ConfigFlag:
@@ -86,7 +83,7 @@ _HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def _fail(message: str):
-  print(f'{_PROG[0]}: error: {message}', file=sys.stderr, flush=True)
+  print(f'{errors.PROG[0]}: error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
 
 
@@ -143,33 +140,9 @@ def config_value(flag: _ConfigFlag, training: bool = True) -> ml_collections.Con
   config = config_defaults.load_config_file(path, arg)
   config = apply_overrides(config, _OVERRIDES)
   config_defaults.validate(config, training=training)
+  from superclip_jax.evals import registry  # imported on use: it pulls in jax
+  registry.validate(config.evals)
   return config
-
-
-@contextlib.contextmanager
-def user_errors(prog: str | None = None):
-  """Report a UserError as one line on stderr and exit with status 2."""
-  try:
-    yield
-  except UserError as e:
-    report(e, prog or _PROG[0])
-    sys.exit(2)
-  except OSError as e:
-    if e.errno != errno.ENOSPC:
-      raise
-    # A full disk: one line naming the file and what is left, not a traceback per thread.
-    where = e.filename or os.getcwd()
-    folder = os.path.dirname(os.path.abspath(where))
-    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
-      folder = os.path.dirname(folder)
-    try:
-      free = shutil.disk_usage(folder).free
-      left = f'{free / 2**20:.0f} MiB free'
-    except OSError:
-      left = 'free space unknown'
-    report(UserError(f'no space left on the device writing {where} ({left}): free some space, or use another '
-                     'directory'), prog or _PROG[0])
-    sys.exit(1)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -188,7 +161,7 @@ class _OwnInfoOnly(logging.Filter):
 
 def run(main: Callable[[list[str]], Any], prog: str) -> None:
   """absl's app.run with the override-aware flags parser; errors are reported as `prog: error: ...`."""
-  _PROG[0] = prog
+  errors.PROG[0] = prog
 
   def quiet_main(argv):
     absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())  # app.run has installed the handler by now

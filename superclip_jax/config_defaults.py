@@ -198,7 +198,9 @@ def flat_keys(cfg, prefix='') -> dict:
 def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
   """Raise UserError for an unknown key (naming the closest valid one) or a bad value.
 
-  training=False (a --dry_run) does not ask for the training data.
+  training=False (a --dry_run) does not ask for the training data. The evaluators in
+  `config.evals` are checked by their registry (evals/registry.validate), where the
+  config is loaded: cli.config_value, run_setup.prepare.
   """
   valid = flat_keys(default_config())
   given = flat_keys(config)
@@ -209,9 +211,6 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
       close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
       hint = f"; did you mean '{close[0]}'?" if close else ''
       raise UserError(f"unknown config key '{key}'{hint}")
-  if config.evals:
-    from superclip_jax.evals import registry  # imported on use: it pulls in jax
-    registry.validate(config.evals)
   for key, choices in _CHOICES.items():
     if given[key] not in choices:
       raise UserError(f"config.{key}={given[key]!r} is not one of {choices}")

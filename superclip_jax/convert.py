@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from superclip_jax import cli
+from superclip_jax.errors import user_errors
 
 
 def main(argv=None):
@@ -35,7 +35,7 @@ def main(argv=None):
                                                       'when the vocabulary is 49,408)')
   parser.add_argument('--format', choices=('safetensors', 'bin'), default='safetensors', help='--to open_clip')
   args = parser.parse_args(argv)
-  with cli.user_errors('superclip_jax.convert'):
+  with user_errors('superclip_jax.convert'):
     from superclip_jax.interop import conversions
     if args.source_kind:
       quick = None if args.quick_gelu is None else args.quick_gelu == 'true'

@@ -27,18 +27,14 @@ import numpy as np
 
 from superclip_jax import (
   compile_targets,
-  config_defaults,
   flops,
   hlo_facts,
-  idf,
-  optim,
-  platform_defaults,
+  run_setup,
   sharding,
   storage,
-  train_state,
   train_step,
 )
-from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
+from superclip_jax.models.superclip import count_params
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -78,23 +74,13 @@ def _flops(x: float) -> str:
 def run(config: ml_collections.ConfigDict, topology: str | None = None, quiet: bool = False,
         out_dir: str | None = None) -> dict[str, Any]:
   """Compile the config's train step; returns (and prints) the report, and writes it to `out_dir`."""
-  jax.config.update('jax_threefry_partitionable', True)
-  config_defaults.validate(config, training=False)
   devices = compile_targets.devices(topology) if topology else jax.devices()
   platform = devices[0].platform
-  config = platform_defaults.resolve(config, platform)
-  mesh = sharding.make_mesh(config.mesh.shape, devices)
-  rules = tuple(tuple(r) for r in config.mesh.rules)
-  sharding.check_batch_divides(config.data.global_batch_size, mesh)
-  model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-  total_steps = config_defaults.resolved_total_steps(config)
-  tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), total_steps)
   # IDF counts have the same shapes whatever the statistics: no data needed.
-  counts = {} if model_def.cfg.variant == 'clip' or config.loss.idf == 'none' else jax.tree.map(
-      np.asarray, idf.zeros(config.model.vocab_size))
-  target, shardings = train_state.abstract_train_state(model_def, tx, counts, mesh, rules)
+  setup = run_setup.prepare(config, devices=devices, training=False, idf_from_data=False)
+  config, mesh, rules, model_def, target = setup.config, setup.mesh, setup.rules, setup.model_def, setup.target
   batch = abstract_batch(config, mesh)
-  jitted, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
+  jitted, _ = train_step.jit_train_step(model_def, setup.tx, setup.schedule, config, setup.shardings, mesh, rules)
   start = time.perf_counter()
   error = None
   compiled = None

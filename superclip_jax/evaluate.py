@@ -13,6 +13,7 @@ import json
 from absl import flags
 
 from superclip_jax import cli
+from superclip_jax.errors import user_errors
 
 _CONFIG = cli.define_config_flag('Config whose evals to run.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir: evaluate its newest checkpoint.')
@@ -22,29 +23,22 @@ _MODEL = flags.DEFINE_string('model', None, 'An export (python -m superclip_jax.
 
 def evaluate(config, workdir: str | None = None, model_dir: str | None = None, step: int | None = None) -> dict:
   """All of config.evals on the parameters of a checkpoint or an export."""
-  import jax
-
-  from superclip_jax import checkpoint, config_defaults, init_from, sharding, storage
+  from superclip_jax import checkpoint, init_from, run_setup, storage
   from superclip_jax.errors import UserError
   from superclip_jax.evals import embed, registry
-  from superclip_jax.models.superclip import ModelConfig, ModelDef
-  config_defaults.validate(config, training=False)
+  from superclip_jax.models.superclip import ModelConfig
   if not config.evals:
     raise UserError('the config lists no evaluators (config.evals)')
-  jax.config.update('jax_threefry_partitionable', True)
-  mesh = sharding.make_mesh(config.mesh.shape)
-  rules = tuple(tuple(r) for r in config.mesh.rules)
+  cfg = None
   if model_dir:
     cfg = ModelConfig.from_dict(json.loads(storage.read_text(storage.join(model_dir, init_from.MODEL_CONFIG)))['model'])
     source, found = model_dir, {'model': model_dir}
   else:
-    cfg = ModelConfig.from_config(config)
     source, found = workdir, {'workdir': workdir}
   # Inference needs no token classifier (an export has none).
-  model_def = ModelDef(cfg.for_inference(), seed=config.seed)
-  shardings = sharding.tree_shardings(model_def.logical_axes(), model_def.shapes(), mesh, rules)
-  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), model_def.shapes(),
-                        shardings)
+  setup = run_setup.prepare(config, training=False, model_cfg=cfg, inference=True)
+  config, mesh, rules, model_def, target, shardings = (setup.config, setup.mesh, setup.rules, setup.model_def,
+                                                        setup.target, setup.shardings)
   # A checkpoint holds the token classifier too; it plays no part in evaluation.
   loaded, taken = init_from.restore_params(
       source, target, step=step, ignore=('token_classifier.',) if model_def.cfg.variant == 'clip' else ())
@@ -62,7 +56,7 @@ def main(argv):
   from absl import app
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  with cli.user_errors():
+  with user_errors():
     if bool(_WORKDIR.value) == bool(_MODEL.value):
       from superclip_jax.errors import UserError
       raise UserError('give exactly one of --workdir and --model')

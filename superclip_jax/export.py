@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from superclip_jax import checkpoint, cli, storage
-from superclip_jax.errors import UserError
+from superclip_jax import checkpoint, storage
+from superclip_jax.errors import UserError, user_errors
 from superclip_jax.models import vit
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
@@ -167,7 +167,7 @@ def main(argv=None):
   parser.add_argument('--out', required=True)
   parser.add_argument('--step', type=int, default=None, help='default: the newest checkpoint')
   args = parser.parse_args(argv)
-  with cli.user_errors('superclip_jax.export'):
+  with user_errors('superclip_jax.export'):
     print(export(args.workdir, args.out, args.step))
 
 

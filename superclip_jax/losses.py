@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from superclip_jax import ring_loss
+
 
 def softmax_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array) -> jax.Array:
   """CLIP: mean of image->text and text->image cross-entropies, logits exp(log_scale) F G^T."""
@@ -101,8 +103,7 @@ def contrastive_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax
   """The configured contrastive loss over the global batch of normalised embeddings."""
   del targets
   args = (outputs['image_embedding'], outputs['text_embedding'], outputs['logit_scale'])
-  if opts.chunked:
-    from superclip_jax import ring_loss  # shard_map machinery, only for the ring variant
+  if opts.chunked and ring_loss.ring_size(opts.batch_axes) > 1:  # on one device the ring is the plain loss
     return ring_loss.contrastive(*args, outputs.get('logit_bias'), kind=opts.contrastive,
                                  batch_axes=opts.batch_axes)
   if opts.contrastive == 'softmax':

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from superclip_jax import allocator, cli
-from superclip_jax.errors import UserError
+from superclip_jax.errors import UserError, user_errors
 
 _CONFIG = cli.define_config_flag('Training config file (ml_collections).')
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -38,7 +38,7 @@ _DRY_RUN_DIR = flags.DEFINE_string('dry_run_dir', None, 'With --dry_run: write r
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  with cli.user_errors():
+  with user_errors():
     config = cli.config_value(_CONFIG, training=not _DRY_RUN.value)
     if _DRY_RUN.value:
       from superclip_jax import dry_run

@@ -19,8 +19,8 @@ import math
 import os
 from typing import Any
 
-from superclip_jax import cli, losses, metric_writers, storage
-from superclip_jax.errors import UserError
+from superclip_jax import losses, metric_writers, storage
+from superclip_jax.errors import UserError, user_errors
 
 _TRAIN_PANELS = (
     ('losses', ('loss', *(t.name for t in losses.LOSS_TERMS))),
@@ -156,7 +156,7 @@ def main(argv=None):
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', default=None, help='PNG path (default: the first WORKDIR/curves.png)')
   args = parser.parse_args(argv)
-  with cli.user_errors('superclip_jax.plot'):
+  with user_errors('superclip_jax.plot'):
     print(plot(args.workdirs, args.out))
 
 

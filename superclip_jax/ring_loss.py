@@ -22,7 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from superclip_jax import losses
+
+def ring_size(batch_axes) -> int:
+  """Devices round the ring: those the batch is split over in the current mesh (1: no ring needed)."""
+  return _ring_axes(batch_axes)[1]
 
 
 def _ring_axes(batch_axes) -> tuple[tuple[str, ...], int]:
@@ -42,12 +45,11 @@ def _varying(x: jax.Array, axes) -> jax.Array:
 
 def contrastive(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array, bias: jax.Array | None,
                 *, kind: str, batch_axes) -> jax.Array:
-  """The softmax or sigmoid contrastive loss over the global batch, computed round the ring."""
+  """The softmax or sigmoid contrastive loss over the global batch, computed round a ring of at least two
+  devices (losses.contrastive_loss computes the one-device case plainly)."""
   axes, n = _ring_axes(batch_axes)
-  if n == 1:  # nothing to pass round: the plain loss is the same computation
-    if kind == 'softmax':
-      return losses.softmax_contrastive_loss(image_emb, text_emb, log_scale)
-    return losses.sigmoid_contrastive_loss(image_emb, text_emb, log_scale, bias)
+  if n == 1:
+    raise ValueError(f'no ring: the batch axes {batch_axes} span one device')
   mesh = jax.sharding.get_abstract_mesh()
   perm = [(i, (i + 1) % n) for i in range(n)]
   global_batch = image_emb.shape[0]

@@ -12,13 +12,11 @@ from absl import logging
 
 from superclip_jax import (
   checkpoint,
-  config_defaults,
   flops,
   init_from,
   metric_writers,
   metrics,
-  optim,
-  platform_defaults,
+  run_setup,
   sharding,
   storage,
   train_state,
@@ -28,7 +26,7 @@ from superclip_jax import (
 from superclip_jax.data import inputs
 from superclip_jax.errors import UserError
 from superclip_jax.evals import embed, registry
-from superclip_jax.models.superclip import ModelConfig, ModelDef, count_params
+from superclip_jax.models.superclip import count_params
 
 
 class NonFiniteError(RuntimeError):
@@ -75,34 +73,22 @@ def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Train as the config says (resuming from workdir's checkpoints); returns the logged rows."""
-  # ---- Guard rails --------------------------------------------------------------------
-  # Random bits generated shard-locally: sharded init gives the same values on any mesh.
-  jax.config.update('jax_threefry_partitionable', True)
-  config_defaults.validate(config)
-  config = platform_defaults.resolve(config, jax.devices()[0].platform)  # the 'auto' settings for this backend
-  total_steps = config_defaults.resolved_total_steps(config)
-  global_batch = config.data.global_batch_size
+  # Mesh, model, optimizer, IDF counts and the abstract state (the 'auto' settings resolved for this backend).
+  setup = run_setup.prepare(config)
   lock = workdir_lock.lock_for_job(workdir)  # one writer per workdir: a second run stops here
   try:
-    return _train(config, workdir, total_steps, global_batch)
+    return _train(setup, workdir)
   finally:  # after every checkpoint and metric is written (_train closes them)
     if lock is not None:
       lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, total_steps: int, global_batch: int) -> list[dict[str, Any]]:
+def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
   """The run itself, with the workdir's lock held."""
-  # ---- Mesh -----------------------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh.shape)
-  rules = tuple(tuple(r) for r in config.mesh.rules)
-  sharding.check_batch_divides(global_batch, mesh)
+  config, mesh, rules, model_def = setup.config, setup.mesh, setup.rules, setup.model_def
+  tx, schedule, idf_counts, target, shardings = setup.tx, setup.schedule, setup.idf_counts, setup.target, setup.shardings
+  total_steps, global_batch = setup.total_steps, config.data.global_batch_size
   logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(), jax.process_count())
-
-  # ---- Model and optimizer, created directly in their sharded layout ----------------------
-  model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-  tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), total_steps)
-  idf_counts = train_state.initial_idf_counts(config, model_def.cfg.variant, inputs.offline_idf_stats_path(config))
-  target, shardings = train_state.abstract_train_state(model_def, tx, idf_counts, mesh, rules)
   logging.info('model %s: %.2fM parameters; %d steps of %d samples', model_def.cfg.variant,
                count_params(model_def.shapes()) / 1e6, total_steps, global_batch)
 

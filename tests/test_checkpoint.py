@@ -136,7 +136,7 @@ def test_init_from_export_takes_only_the_image_tower(tmp_path):
   lit.init_from = exported
   lit.init_image_tower_only = True
   lit.optim.frozen = 'image_tower/.*'
-  lit.optim.learning_rate = 0.0  # nothing moves: the final state is the initial one
+  lit.optim.learning_rate = 1e-3  # the text tower and the classifier train; the frozen image tower must not move
   lit.optim.schedule = 'constant'
   lit.total_steps = 2
   lit.log_every_steps = 1
@@ -147,11 +147,16 @@ def test_init_from_export_takes_only_the_image_tower(tmp_path):
   source = jax.device_get(state.params)
   fresh, _ = _state_on(lit, (8, 1, 1), jax.devices())  # the run's own initialisation, made as the run makes it
   fresh = jax.device_get(fresh.params)
+  # Taken from the export, then frozen: bit for bit the export's after two steps of training.
   jax.tree.map(np.testing.assert_array_equal, trained['image_tower'], source['image_tower'])
-  # The text tower, temperature and classifier keep the run's own (seed 99) initialisation.
+  # The text tower and classifier start from the run's own (seed 99) initialisation and train: moved a
+  # little from it, and nowhere near the export's.
   for part in ('text_tower', 'token_classifier'):
-    jax.tree.map(np.testing.assert_array_equal, trained[part], fresh[part])
-  assert not np.allclose(trained['text_tower']['text_projection'], source['text_tower']['text_projection'])
+    moved = [np.abs(t - f).max() for t, f in zip(jax.tree.leaves(trained[part]), jax.tree.leaves(fresh[part]))]
+    assert 0 < max(moved) < 0.01, (part, max(moved))
+  projection = trained['text_tower']['text_projection']
+  assert (np.abs(projection - fresh['text_tower']['text_projection']).max()
+          < 0.1 * np.abs(projection - source['text_tower']['text_projection']).max())
   bad = _config()
   bad.model.embed_dim = 48
   bad.init_from = exported

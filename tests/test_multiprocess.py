@@ -43,6 +43,7 @@ def two_processes(workdir, *overrides, steps=20, wait=True):
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  STDERR[str(workdir)] = proc.stderr
   return _rows(workdir)
 
 
@@ -51,7 +52,11 @@ def one_process(workdir, *overrides, steps=20):
          *_overrides(steps, *overrides)]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=8), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  STDERR[str(workdir)] = proc.stderr
   return _rows(workdir)
+
+
+STDERR: dict[str, str] = {}  # the last run's stderr, by workdir
 
 
 def _rows(workdir):
@@ -99,6 +104,7 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
   import shutil
   shutil.copytree(tmp_path / 'cut', tmp_path / 'cut_one')  # the same checkpoint, continued by one process
   resumed = two_processes(tmp_path / 'cut', steps=steps)
+  assert f'resuming at step {stopped}' in STDERR[str(tmp_path / 'cut')]  # not a retrain from step 0
   assert [r['step'] for r in resumed] == [r['step'] for r in straight]
   for ra, rb in zip(straight, resumed):
     for key in KEYS:
@@ -109,11 +115,17 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
     np.testing.assert_array_equal(final[0][key], final[1][key], err_msg=key)
   # One process with 8 devices continues the 2-process checkpoint with the same samples.
   continued = one_process(tmp_path / 'cut_one', steps=steps)
+  assert f'resuming at step {stopped}' in STDERR[str(tmp_path / 'cut_one')]
   _close(continued, straight)
-  # init_from across process counts: a 1-process run starts from the 2-process checkpoint's weights.
+  # init_from across process counts: a 1-process run starts from the 2-process checkpoint's weights,
+  # which at learning rate 0 it keeps bit for bit.
   init = one_process(tmp_path / 'init', f"--config.init_from={tmp_path / 'straight'}",
                      '--config.optim.learning_rate=0', '--config.optim.schedule=constant', steps=5)
   assert init[-1]['contrastive_loss'] < straight[0]['contrastive_loss'] - 0.5
+  kept = _flat(checkpoint.read_numpy_tree(os.path.join(tmp_path / 'init', 'checkpoints', '5', 'state'))['params'])
+  for key, value in _flat(checkpoint.read_numpy_tree(
+      os.path.join(tmp_path / 'straight', 'checkpoints', str(steps), 'state'))['params']).items():
+    np.testing.assert_array_equal(kept[key], value, err_msg=key)
 
 
 EVAL_CONFIG = """

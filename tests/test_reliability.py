@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from test_checkpoint import _config, _state_on
 
-from superclip_jax import checkpoint, cli, metrics, train, workdir_lock
+from superclip_jax import checkpoint, errors, metrics, train, workdir_lock
 from superclip_jax.data import build, records
 from superclip_jax.errors import UserError
 from superclip_jax.evals import registry
@@ -82,8 +82,11 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_rerun_finishes(tmp_path,
   assert sorted(os.listdir(tmp_path / 'checkpoints' / '6')) == sorted(os.listdir(tmp_path / 'checkpoints' / '9'))
   warnings = [r.getMessage() for r in caplog.records if 'is damaged' in r.getMessage()]
   assert len(warnings) == 1 and 'checkpoints/6' in warnings[0] and 'moved to' in warnings[0]
-  # A second rerun finds no damage (the loop is broken for good).
-  assert train.run(_run_config(9), str(tmp_path)) == []
+  # A second rerun finds no damage (the loop is broken for good): the run is complete, nothing is trained
+  # or written, and its rows come back.
+  before = (tmp_path / 'metrics.jsonl').read_text()
+  again = train.run(_run_config(9), str(tmp_path))
+  assert again[-1]['step'] == 9 and (tmp_path / 'metrics.jsonl').read_text() == before
 
 
 def test_empty_higher_step_folder_is_deleted_under_delete_damaged(tmp_path, caplog):
@@ -407,7 +410,7 @@ def test_a_safetensors_file_with_a_hostile_header_is_one_clear_error(tmp_path):
 
 def test_a_full_disk_is_one_line_naming_the_file(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    with cli.user_errors('superclip_jax.main'):
+    with errors.user_errors('superclip_jax.main'):
       raise OSError(errno.ENOSPC, 'No space left on device', '/tmp/run/metrics.jsonl')
   assert exit_info.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()

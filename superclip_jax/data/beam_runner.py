@@ -11,19 +11,21 @@ Other runners (Dataflow, Flink) take the usual Beam flags through SUPERCLIP_BEAM
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 from typing import Any
 
 
-def _step(task: dict[str, Any], step: str, out_dir: str, options: dict[str, Any]) -> str:
-  from superclip_jax.data import build  # imported on the worker
-  getattr(build, step)(task, out_dir, options)
+def _step(task: dict[str, Any], module: str, step: str, out_dir: str, options: dict[str, Any]) -> str:
+  importlib.import_module(module).__dict__[step](task, out_dir, options)  # imported on the worker
   return task['name']
 
 
-def run(step, tasks: list[dict[str, Any]], out_dir: str, options: dict[str, Any], workers: int = 0) -> None:
-  """step(task, out_dir, options) (a function of build.py) for every task, in one Beam pipeline."""
+def run(module: str, step: str, tasks: list[dict[str, Any]], out_dir: str, options: dict[str, Any],
+        workers: int = 0) -> None:
+  """module.step(task, out_dir, options) (a module-level function, by importable names) for every task, in one
+  Beam pipeline."""
   try:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -36,9 +38,9 @@ def run(step, tasks: list[dict[str, Any]], out_dir: str, options: dict[str, Any]
     # In-process DirectRunner threads: the shard work is I/O and native decoding.
     args += ['--runner=DirectRunner', f'--direct_num_workers={workers or min(len(tasks), os.cpu_count() or 1)}',
              '--direct_running_mode=multi_threading']
-  # Workers import build.py and look the step up by name: nothing of the driver's module is pickled.
+  # Workers import the step's module and look the step up by name: nothing of the driver's module is pickled.
   with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
     _ = (pipeline
          | 'Tasks' >> beam.Create(tasks, reshuffle=False)
          | 'Spread' >> beam.Reshuffle()  # one task per worker, not all on the first
-         | step.__name__ >> beam.Map(_step, step.__name__, out_dir, options))
+         | step >> beam.Map(_step, module, step, out_dir, options))

@@ -149,8 +149,8 @@ def main(argv=None):
                       '(default: 1, 2 and every core of this process)')
   args = parser.parse_args(argv)
   os.environ.setdefault('OMP_NUM_THREADS', '1')
-  from superclip_jax import cli
-  with cli.user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
+  from superclip_jax.errors import user_errors
+  with user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
     counts = tuple(int(w) for w in args.workers.split(',') if w) or tuple(default_worker_counts())
     r = run(shards, args.size, min_seconds=args.seconds, worker_counts=counts)

@@ -8,8 +8,8 @@
 
 ImageNet labels follow OpenAI's class-name order, which is the sorted-WNID order (the
 1,000 WNIDs ship in imagenet_wnids.txt); captions are the template filled with OpenAI's
-curated names. Karpathy captions become one record each, keyed 'FILENAME#k', so the
-retrieval evaluator groups the captions of one image by the part before '#'.
+curated names (imagenet_zero_shot.json). Karpathy captions become one record each, keyed
+'FILENAME#k', so the retrieval evaluator groups the captions of one image by the part before '#'.
 """
 
 from __future__ import annotations
@@ -41,10 +41,23 @@ def imagenet_wnids() -> tuple[str, ...]:
   return wnids
 
 
+@functools.lru_cache(maxsize=1)
+def _zero_shot_metadata() -> dict:
+  """imagenet_zero_shot.json: OpenAI's class names and prompt templates (its `_source` says where from)."""
+  with open(os.path.join(os.path.dirname(__file__), 'imagenet_zero_shot.json'), encoding='utf-8') as f:
+    meta = json.load(f)
+  assert len(meta['imagenet_classnames']) == 1000, 'imagenet_zero_shot.json is damaged'
+  return meta
+
+
 def imagenet_classnames() -> list[str]:
-  """OpenAI's curated class names, in label order."""
-  from superclip_jax.evals import prompts  # reads the open-clip-torch wheel's metadata
-  return list(prompts.imagenet_classnames())
+  """OpenAI's 1,000 curated class names, in label order."""
+  return list(_zero_shot_metadata()['imagenet_classnames'])
+
+
+def imagenet_templates() -> list[str]:
+  """OpenAI's 80 ImageNet prompt templates, as format strings with one '{}'."""
+  return list(_zero_shot_metadata()['openai_imagenet_templates'])
 
 
 def _image_files(directory: str) -> list[str]:

@@ -64,7 +64,7 @@ def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   if kind == 'webdataset':
     limit = task.get('max_member_bytes', sources.MAX_MEMBER_BYTES)
     if remote.is_remote(task['path']):
-      return remote.read_webdataset_url(task['path'], max_member_bytes=limit)
+      return sources.read_webdataset_url(task['path'], max_member_bytes=limit)
     return sources.read_webdataset_tar(task['path'], max_member_bytes=limit)
   if kind == 'list':
     return task['items']
@@ -249,7 +249,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     if remote.is_remote(rest):
       # A tar that cannot be fetched is counted at build time.
       remote.check_driver(rest)
-      paths = remote.expand(rest)
+      paths = sources.expand_remote(rest)
       if not paths:
         raise UserError(f'webdataset source {rest!r}: no tar matches')
       remote.check_reachable(paths[0])  # no network: one line in seconds, not minutes per tar
@@ -390,7 +390,8 @@ def _remove_if_unfinished(out_dir: str, created: bool) -> None:
 def _run_beam(step, tasks, *, out_dir, options, workers, progress, desc) -> None:
   del progress, desc  # Beam reports its own progress
   from superclip_jax.data import beam_runner
-  beam_runner.run(step, tasks, out_dir, options, workers)
+  # By importable name: under `python -m` this module is __main__, which a Beam worker cannot import.
+  beam_runner.run('superclip_jax.data.build', step.__name__, tasks, out_dir, options, workers)
 
 
 def _run_local(step, tasks, *, out_dir, options, workers, progress, desc) -> None:
@@ -476,8 +477,8 @@ def main(argv=None):
   parser.add_argument('--overwrite', action='store_true',
                       help='delete what --out holds first when it was built from other inputs or options')
   args = parser.parse_args(argv)
-  from superclip_jax import cli
-  with cli.user_errors('superclip_jax.data.build'):
+  from superclip_jax.errors import user_errors
+  with user_errors('superclip_jax.data.build'):
     _main(args)
 
 

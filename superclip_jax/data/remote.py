@@ -3,21 +3,19 @@
 A tar is downloaded whole into a temporary file (retried with backoff; a permanent
 "not found" is not retried) and then read like a local one, so a download that fails
 half-way never yields a sample twice. A tar that cannot be fetched is skipped and
-counted as 'unreadable_tar', like any bad sample. Folder sources list with fsspec too:
-captions.jsonl / captions.csv, or class sub-folders (HTTP: the server's index pages).
+counted as 'unreadable_tar', like any bad sample. What a remote source holds (its tars, its
+folder's captions or class sub-folders) is listed and read in sources.py, through these bytes.
 gs:// needs gcsfs and s3:// needs s3fs installed; http(s) needs aiohttp.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from superclip_jax.errors import UserError
 
@@ -47,24 +45,6 @@ def check_driver(url: str) -> None:
     raise UserError(f'{url}: {e}') from None
 
 
-def expand(pattern: str) -> list[str]:
-  """Brace ranges of a remote pattern, then globs on object stores (gs://, s3://); URLs as given."""
-  from superclip_jax.data import sources
-  paths = sources.expand_braces(pattern, use_glob=False)
-  if not pattern.startswith(('gs://', 's3://')):
-    return paths  # '?' and '*' are part of http URLs and shell commands
-  import fsspec
-  out = []
-  for path in paths:
-    if any(c in path for c in '*?['):
-      fs, _ = fsspec.core.url_to_fs(path, **_timeouts(path))
-      protocol = path.split('://', 1)[0]
-      out.extend(f'{protocol}://{p}' for p in sorted(fs.glob(path)))
-    else:
-      out.append(path)
-  return out
-
-
 def _copy_once(url: str, out: BinaryIO) -> None:
   if url.startswith('pipe:'):
     # webdataset's convention: the command's stdout is the file; a non-zero status is a failure.
@@ -75,11 +55,11 @@ def _copy_once(url: str, out: BinaryIO) -> None:
       raise OSError(f'command exited with status {proc.returncode}: {err[-300:]}')
     return
   import fsspec
-  with fsspec.open(url, 'rb', **_timeouts(url)) as f:
+  with fsspec.open(url, 'rb', **timeouts(url)) as f:
     shutil.copyfileobj(f, out, _CHUNK)
 
 
-def _timeouts(url: str) -> dict[str, Any]:
+def timeouts(url: str) -> dict[str, Any]:
   """fsspec options that bound connecting and each read, per protocol."""
   if url.startswith(('http://', 'https://')):
     import aiohttp
@@ -134,7 +114,7 @@ def check_reachable(url: str) -> None:
   level = quiet.level
   quiet.setLevel(logging.CRITICAL)
   try:
-    fs, path = fsspec.core.url_to_fs(url, **_timeouts(url))
+    fs, path = fsspec.core.url_to_fs(url, **timeouts(url))
     fs.info(path)
   except Exception as e:  # network stacks raise many types (aiohttp, botocore, google-auth)
     if _not_there(e) or isinstance(e, FileNotFoundError) and e.__cause__ is None:
@@ -173,55 +153,5 @@ def read_bytes(url: str) -> bytes:
   return buf.getvalue()
 
 
-def read_webdataset_url(url: str, max_member_bytes: int | None = None) -> Iterator[dict[str, Any]]:
-  """Items of a remote tar; a tar that cannot be downloaded is one 'unreadable_tar' skip."""
-  from superclip_jax.data import sources
-  max_member_bytes = max_member_bytes or sources.MAX_MEMBER_BYTES
-  with tempfile.TemporaryFile(prefix='superclip_tar_') as f:
-    try:
-      download(url, f)
-    except OSError as e:
-      yield {'key': url, 'skip': 'unreadable_tar', 'detail': f'{url}: {e}'}
-      return
-    f.seek(0)
-    yield from sources.read_webdataset_tar(url, fileobj=f, max_member_bytes=max_member_bytes)
-
-
-def _join(base: str, *parts: str) -> str:
+def join_url(base: str, *parts: str) -> str:
   return '/'.join([base.rstrip('/'), *parts])
-
-
-def list_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
-  """sources.list_folder for a URL: items with image URLs (fetched by the workers), class names."""
-  import fsspec
-
-  from superclip_jax.data import sources
-  check_driver(url)
-  try:
-    fs, root = fsspec.core.url_to_fs(url, **_timeouts(url))
-  except (ImportError, ValueError) as e:
-    raise UserError(f'folder source {url}: {e}') from None
-  for name in ('captions.jsonl', 'captions.csv'):
-    if fs.exists(_join(root, name)):
-      text = read_bytes(_join(url, name)).decode('utf-8')
-      if name.endswith('jsonl'):
-        rows = sources.parse_jsonl(text.splitlines(), _join(url, name))
-      else:
-        rows = list(csv.DictReader(io.StringIO(text, newline='')))
-      return sources.items_from_rows(rows, url, join=_join, exists=None), []
-  try:
-    entries = fs.ls(root, detail=True)
-  except FileNotFoundError:
-    raise UserError(f'folder source {url} does not exist') from None
-  dirs = sorted(os.path.basename(e['name'].rstrip('/')) for e in entries if e['type'] == 'directory')
-  if not dirs:
-    raise UserError(f'{url}: neither captions.jsonl, captions.csv nor class sub-folders')
-  items = []
-  for label, name in enumerate(dirs):
-    files = sorted(os.path.basename(e['name']) for e in fs.ls(_join(root, name), detail=True) if e['type'] == 'file')
-    for fname in files:
-      if fname.rsplit('.', 1)[-1].lower() in sources.IMAGE_EXTENSIONS:
-        items.append({'key': f'{name}/{fname}', 'image_path': _join(url, name, fname),
-                      'caption': template.format(name.replace('_', ' ')), 'label': label})
-  return items, dirs
-

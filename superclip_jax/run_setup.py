@@ -13,11 +13,10 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from superclip_jax import config_defaults, idf, optim, platform_defaults, sharding, train_state
+from superclip_jax import config_defaults, optim, platform_defaults, sharding, train_state
 from superclip_jax.evals import registry
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
@@ -66,12 +65,10 @@ def prepare(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] 
   model_def = ModelDef(model_cfg, seed=config.seed)
   total_steps = config_defaults.resolved_total_steps(config)
   tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), total_steps)
+  offline_stats = None
   if idf_from_data:
     from superclip_jax.data import inputs
-    counts = train_state.initial_idf_counts(config, model_def.cfg.variant, inputs.offline_idf_stats_path(config))
-  elif model_def.cfg.variant == 'clip' or config.loss.idf == 'none':
-    counts = {}
-  else:  # offline counts have the shapes of online ones
-    counts = jax.tree.map(np.asarray, idf.zeros(config.model.vocab_size))
+    offline_stats = inputs.offline_idf_stats_path(config)
+  counts = train_state.initial_idf_counts(config, model_def.cfg.variant, offline_stats, shapes_only=not idf_from_data)
   target, shardings = train_state.abstract_train_state(model_def, tx, counts, mesh, rules)
   return RunSetup(config, mesh, rules, model_def, total_steps, tx, schedule, counts, target, shardings)

@@ -31,15 +31,16 @@ class TrainState:
   first_nonfinite_step: jax.Array  # int32: the first such step (counted from 1, as logged), -1 if none
 
 
-def initial_idf_counts(config: ml_collections.ConfigDict, variant: str,
-                       offline_stats: str | None = None) -> dict[str, np.ndarray]:
+def initial_idf_counts(config: ml_collections.ConfigDict, variant: str, offline_stats: str | None = None,
+                       shapes_only: bool = False) -> dict[str, np.ndarray]:
   """Zero counts for online IDF, the dataset's counts for offline IDF, nothing otherwise.
 
   offline_stats: the .npz of document frequencies (default config.loss.idf_offline_stats).
+  shapes_only: zeros for offline IDF too (the same shapes), to compile or time the step without the file.
   """
   if variant == 'clip' or config.loss.idf == 'none':
     return {}
-  if config.loss.idf == 'offline':
+  if config.loss.idf == 'offline' and not shapes_only:
     path = offline_stats or config.loss.idf_offline_stats
     try:
       from etils import epath

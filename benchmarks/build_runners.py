@@ -39,11 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _jpeg(rng: np.random.Generator, size: int) -> bytes:
   from PIL import Image
+
   y, x = np.mgrid[0:size, 0:size]
   img = np.stack([x * 255 // size, y * 255 // size, np.full_like(x, rng.integers(256))], -1).astype(np.uint8)
   for _ in range(4):
     y0, x0 = rng.integers(0, size * 3 // 4, 2)
-    img[y0:y0 + size // 4, x0:x0 + size // 4] = rng.integers(0, 256, (size // 4, size // 4, 3))
+    img[y0 : y0 + size // 4, x0 : x0 + size // 4] = rng.integers(0, 256, (size // 4, size // 4, 3))
   buf = io.BytesIO()
   Image.fromarray(img).save(buf, format='JPEG', quality=90)
   return buf.getvalue()
@@ -71,13 +72,15 @@ def write_corpus(directory: str, images: int, tars: int, size: int) -> str:
 
 
 def _outputs(out: str) -> dict[str, bytes]:
-  return {p: open(os.path.join(out, p), 'rb').read() for p in sorted(os.listdir(out))
-          if p.endswith(('.array_record', '.npy', '.json'))}
+  return {
+    p: open(os.path.join(out, p), 'rb').read() for p in sorted(os.listdir(out)) if p.endswith(('.array_record', '.npy', '.json'))
+  }
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
   from superclip_jax.data import build
+
   with tempfile.TemporaryDirectory(prefix='superclip_build_bench_') as tmp:
     os.makedirs(os.path.join(tmp, 'in'))
     t0 = time.perf_counter()
@@ -92,19 +95,31 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         manifests[runner] = build.build(source, out, workers=args.workers, progress=False, runner=runner)
         seconds[runner].append(time.perf_counter() - t0)
-    if manifests['local'] != manifests['beam'] or _outputs(os.path.join(tmp, 'local-0')) != _outputs(
-        os.path.join(tmp, 'beam-0')):
+    if manifests['local'] != manifests['beam'] or _outputs(os.path.join(tmp, 'local-0')) != _outputs(os.path.join(tmp, 'beam-0')):
       raise SystemExit('the runners built different shards')
   samples = manifests['local']['num_records']
   rate = {runner: samples / min(s) for runner, s in seconds.items()}
   for runner, s in seconds.items():
     print(f'{runner:5s}: {rate[runner]:7.1f} samples/s (best of {len(s)}: {min(s):.2f} s; all {[round(x, 2) for x in s]})')
   print(f'beam / local: {rate["beam"] / rate["local"]:.2f}')
-  print(json.dumps({'benchmark': 'build_runners', 'images': args.images, 'tars': args.tars, 'size': args.size,
-                    'workers': args.workers, 'samples': samples, 'skipped': manifests['local']['skipped'],
-                    'local_samples_per_s': round(rate['local'], 1), 'beam_samples_per_s': round(rate['beam'], 1),
-                    'beam_over_local': round(rate['beam'] / rate['local'], 3),
-                    'local_s': [round(x, 3) for x in seconds['local']], 'beam_s': [round(x, 3) for x in seconds['beam']]}))
+  print(
+    json.dumps(
+      {
+        'benchmark': 'build_runners',
+        'images': args.images,
+        'tars': args.tars,
+        'size': args.size,
+        'workers': args.workers,
+        'samples': samples,
+        'skipped': manifests['local']['skipped'],
+        'local_samples_per_s': round(rate['local'], 1),
+        'beam_samples_per_s': round(rate['beam'], 1),
+        'beam_over_local': round(rate['beam'] / rate['local'], 3),
+        'local_s': [round(x, 3) for x in seconds['local']],
+        'beam_s': [round(x, 3) for x in seconds['beam']],
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

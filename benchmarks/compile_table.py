@@ -26,7 +26,7 @@ TOPOLOGIES = ('h100:8', 'h200:8', 'h200:4x8', 'v5e:16x16', 'v6e:16x16', 'v4:4x4x
 
 
 def cell_name(model: str, topology: str) -> str:
-  return f"{model.replace('/', '')}_{topology.replace(':', '_')}"
+  return f'{model.replace("/", "")}_{topology.replace(":", "_")}'
 
 
 def compile_cell(out: str, model: str, topology: str, overrides: list[str], timeout: int) -> None:
@@ -36,38 +36,54 @@ def compile_cell(out: str, model: str, topology: str, overrides: list[str], time
     return
   os.makedirs(cell, exist_ok=True)
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'} | {'JAX_PLATFORMS': 'cpu'}
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', CONFIGS[model], '--dry_run', '--topology', topology,
-         '--dry_run_dir', cell, *overrides]
+  cmd = [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    CONFIGS[model],
+    '--dry_run',
+    '--topology',
+    topology,
+    '--dry_run_dir',
+    cell,
+    *overrides,
+  ]
   with open(os.path.join(cell, 'log.txt'), 'w') as log:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
   print(f'compile_table: {model} on {topology}: exit {proc.returncode}', file=sys.stderr, flush=True)
 
 
 def _gib(x) -> str:
-  return 'n/a' if x is None else f'{x / 2 ** 30:.1f}'
+  return 'n/a' if x is None else f'{x / 2**30:.1f}'
 
 
 def row(model: str, topology: str, r: dict) -> str:
   """One markdown row of a report."""
   p = r.get('program', {})
   att = p.get('fused_attention_calls', {})
-  mem = f"{_gib(r.get('total_bytes'))} / {_gib(r.get('usable_memory_bytes', r.get('device_memory_bytes')))}"
+  mem = f'{_gib(r.get("total_bytes"))} / {_gib(r.get("usable_memory_bytes", r.get("device_memory_bytes")))}'
   step = r.get('step_seconds_at_50pct_mfu')
-  return (f"| {model} | {topology} | {r.get('global_batch')} | {r.get('remat')} | {mem} | "
-          f"{'yes' if r.get('fits') else 'no'} | {r.get('compile_seconds', 0):.0f} | "
-          f"{att.get('forward', 0)}/{att.get('backward', 0)} | {p.get('conditionals', 'n/a')} | "
-          f"{_gib(p.get('collective_bytes_per_step'))} | {r['analytic_flops_per_step'] / 1e12:.0f} | "
-          f"{'n/a' if step is None else f'{step:.2f}'} |")
+  return (
+    f'| {model} | {topology} | {r.get("global_batch")} | {r.get("remat")} | {mem} | '
+    f'{"yes" if r.get("fits") else "no"} | {r.get("compile_seconds", 0):.0f} | '
+    f'{att.get("forward", 0)}/{att.get("backward", 0)} | {p.get("conditionals", "n/a")} | '
+    f'{_gib(p.get("collective_bytes_per_step"))} | {r["analytic_flops_per_step"] / 1e12:.0f} | '
+    f'{"n/a" if step is None else f"{step:.2f}"} |'
+  )
 
 
-HEADER = ('| model | topology | global batch | remat | GiB per device / usable | fits | compile s | '
-          'fused attention fwd/bwd | conditionals | collectives GiB/step | TFLOP/step | s/step at 50% MFU |\n'
-          '|---|---|---|---|---|---|---|---|---|---|---|---|')
+HEADER = (
+  '| model | topology | global batch | remat | GiB per device / usable | fits | compile s | '
+  'fused attention fwd/bwd | conditionals | collectives GiB/step | TFLOP/step | s/step at 50% MFU |\n'
+  '|---|---|---|---|---|---|---|---|---|---|---|---|'
+)
 
 
 def render(out: str) -> str:
   """The table of the cells compiled so far; program facts re-read from each step.hlo.txt (current hlo_facts)."""
   from superclip_jax import hlo_facts
+
   lines = [HEADER]
   for model in CONFIGS:
     for topology in TOPOLOGIES:
@@ -89,8 +105,11 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True, help='folder of the cells (report.json, step.hlo.txt, log.txt)')
   parser.add_argument('--render', action='store_true', help='only print the table of the cells already compiled')
-  parser.add_argument('--only', default='', help="comma-separated cells to compile: topologies ('h200:8') or one "
-                      "model's ('B/16@h200:8'); default: all")
+  parser.add_argument(
+    '--only',
+    default='',
+    help="comma-separated cells to compile: topologies ('h200:8') or one model's ('B/16@h200:8'); default: all",
+  )
   parser.add_argument('--timeout', type=int, default=1800, help='seconds per cell')
   parser.add_argument('overrides', nargs='*', help='--config.KEY=VALUE overrides for every cell (after --)')
   args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ def held_out_digits(limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
   from PIL import Image
 
   from superclip_jax.data import mnist_demo
+
   folder = os.path.join(os.path.dirname(mnist_demo.prepare()['test']), 'images_test')
   rows = [json.loads(line) for line in open(os.path.join(folder, 'captions.jsonl'))]
   rows = rows[:limit] if limit else rows
@@ -37,13 +38,19 @@ def held_out_digits(limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def client_inputs(model, images: np.ndarray, class_names, templates, texts) -> dict:
   """The inputs.npz of stock_clients.py: pixels and ids as superclip_jax prepares them, the raw images."""
-  return {'pixels': model.preprocess(list(images)), 'ids': np.asarray(model.tokenizer(list(texts))),
-          'images': images, 'class_names': np.array(class_names), 'templates': np.array(templates)}
+  return {
+    'pixels': model.preprocess(list(images)),
+    'ids': np.asarray(model.tokenizer(list(texts))),
+    'images': images,
+    'class_names': np.array(class_names),
+    'templates': np.array(templates),
+  }
 
 
 def project_scores(model, images: np.ndarray, class_names, templates) -> np.ndarray:
   """superclip_jax's (K, C) zero-shot cosines, as its evaluator forms them (evals/zeroshot.py)."""
   from superclip_jax.evals import zeroshot
+
   classes = zeroshot.class_embeddings(model.encode_text, class_names, templates)
   return model.encode_image(model.preprocess(list(images))) @ classes.T
 
@@ -54,9 +61,21 @@ def run_clients(inputs: dict, hf_dir: str | None, open_clip_dir: str | None, scr
   out = os.path.join(scratch, 'results.npz')
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   dirs = [arg for flag, d in (('--hf', hf_dir), ('--open_clip', open_clip_dir)) if d for arg in (flag, d)]
-  proc = subprocess.run([sys.executable, os.path.join(HERE, 'stock_clients.py'), '--inputs',
-                         os.path.join(scratch, 'inputs.npz'), *dirs, '--out', out],
-                        capture_output=True, text=True, env=env, timeout=1800)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(HERE, 'stock_clients.py'),
+      '--inputs',
+      os.path.join(scratch, 'inputs.npz'),
+      *dirs,
+      '--out',
+      out,
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=1800,
+  )
   if proc.returncode:
     raise RuntimeError(f'stock_clients.py failed:\n{proc.stderr[-4000:]}')
   return dict(np.load(out))
@@ -65,6 +84,7 @@ def run_clients(inputs: dict, hf_dir: str | None, open_clip_dir: str | None, scr
 def export_all(workdir: str, scratch: str) -> dict[str, str]:
   """{'ours': export, 'hf': ..., 'open_clip': ...} of the workdir's newest checkpoint."""
   from superclip_jax import convert, export
+
   dirs = {name: os.path.join(scratch, name) for name in ('ours', 'hf', 'open_clip')}
   export.export(workdir, dirs['ours'])
   for name in ('hf', 'open_clip'):
@@ -79,6 +99,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   import superclip_jax
   from superclip_jax.data import mnist_demo
+
   images, labels = held_out_digits(args.limit)
   names, templates = list(mnist_demo.NUMBER_WORDS), list(mnist_demo.TEMPLATES)
   with tempfile.TemporaryDirectory() as scratch:
@@ -90,14 +111,18 @@ def main(argv=None):
     ours = project_scores(model, images, names, templates).argmax(axis=1)
     ours_first = project_scores(model, images, names, templates[:1]).argmax(axis=1)  # the pipeline's one template
     own_image, own_text = model.encode_image(inputs['pixels']), model.encode_text(inputs['ids'])
-  report = {'images': len(labels), 'superclip_jax_top1': float(np.mean(ours == labels)),
-            'superclip_jax_first_template_top1': float(np.mean(ours_first == labels))}
+  report = {
+    'images': len(labels),
+    'superclip_jax_top1': float(np.mean(ours == labels)),
+    'superclip_jax_first_template_top1': float(np.mean(ours_first == labels)),
+  }
   for client, same in (('hf', ours), ('open_clip', ours), ('pipeline', ours_first)):
     report[f'{client}_top1'] = float(np.mean(got[f'{client}_pred'] == labels))
     report[f'{client}_agrees_with_superclip_jax'] = float(np.mean(got[f'{client}_pred'] == same))
   for client in ('hf', 'open_clip'):
-    report[f'{client}_max_embedding_diff'] = float(max(np.abs(got[f'{client}_image'] - own_image).max(),
-                                                       np.abs(got[f'{client}_text'] - own_text).max()))
+    report[f'{client}_max_embedding_diff'] = float(
+      max(np.abs(got[f'{client}_image'] - own_image).max(), np.abs(got[f'{client}_text'] - own_text).max())
+    )
   print(json.dumps(report))
 
 

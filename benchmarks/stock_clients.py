@@ -38,6 +38,7 @@ def _features(out):
 def _zero_shot(encode_texts, image_embeddings, class_names, templates):
   """(K, C) cosines of normalised image embeddings and template-averaged class embeddings (OpenAI's ensemble)."""
   import torch
+
   per_class = []
   for name in class_names:
     e = _normalise(encode_texts([t.format(name) for t in templates])).mean(dim=0)
@@ -49,6 +50,7 @@ def run_hf(directory, inputs, out):
   import torch
   import transformers
   from PIL import Image
+
   model = transformers.CLIPModel.from_pretrained(directory).eval()
   processor = transformers.CLIPProcessor.from_pretrained(directory)
   with torch.no_grad():
@@ -62,9 +64,11 @@ def run_hf(directory, inputs, out):
     image_emb = _normalise(_features(model.get_image_features(**processor(images=images, return_tensors='pt'))))
 
     def encode_texts(texts):
-      tokens = processor.tokenizer(texts, padding=True, truncation=True, return_tensors='pt',
-                                   max_length=model.config.text_config.max_position_embeddings)
+      tokens = processor.tokenizer(
+        texts, padding=True, truncation=True, return_tensors='pt', max_length=model.config.text_config.max_position_embeddings
+      )
       return _features(model.get_text_features(**tokens))
+
     out['hf_scores'] = _zero_shot(encode_texts, image_emb, inputs['class_names'], inputs['templates'])
   classifier = transformers.pipeline('zero-shot-image-classification', model=directory, device='cpu')
   names = [str(c) for c in inputs['class_names']]
@@ -80,6 +84,7 @@ def run_open_clip(directory, inputs, out):
   import open_clip
   import torch
   from PIL import Image
+
   model, _, preprocess = open_clip.create_model_and_transforms(f'local-dir:{directory}')
   model.eval()
   tokenizer = open_clip.get_tokenizer(f'local-dir:{directory}')
@@ -91,8 +96,9 @@ def run_open_clip(directory, inputs, out):
       return
     images = torch.stack([preprocess(Image.fromarray(im)) for im in inputs['images']])
     image_emb = model.encode_image(images, normalize=True)
-    out['open_clip_scores'] = _zero_shot(lambda texts: model.encode_text(tokenizer(texts)), image_emb,
-                                       inputs['class_names'], inputs['templates'])
+    out['open_clip_scores'] = _zero_shot(
+      lambda texts: model.encode_text(tokenizer(texts)), image_emb, inputs['class_names'], inputs['templates']
+    )
 
 
 def main(argv=None):

@@ -54,15 +54,23 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--no_head', action='store_true', help='plain CLIP on both sides (no token classifier)')
   p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help='CPU cores for both')
   p.add_argument('--tiny', action='store_true', help='tiny towers at 32 px: a smoke test')
-  p.add_argument('--no_default_optimizer', action='store_true',
-                 help="time PyTorch with fused AdamW only (not also with its default AdamW)")
-  p.add_argument('--block', type=int, default=2,
-                 help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)')
-  p.add_argument('--one_process', action='store_true',
-                 help='both frameworks in this process (they then share the allocator and slow each other)')
-  p.add_argument('--torch_preload', default='',
-                 help="LD_PRELOAD for PyTorch's process, e.g. jemalloc or tcmalloc as PyTorch's CPU tuning guide "
-                      "suggests (default: glibc's malloc, as pip's torch runs)")
+  p.add_argument(
+    '--no_default_optimizer', action='store_true', help='time PyTorch with fused AdamW only (not also with its default AdamW)'
+  )
+  p.add_argument(
+    '--block', type=int, default=2, help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)'
+  )
+  p.add_argument(
+    '--one_process',
+    action='store_true',
+    help='both frameworks in this process (they then share the allocator and slow each other)',
+  )
+  p.add_argument(
+    '--torch_preload',
+    default='',
+    help="LD_PRELOAD for PyTorch's process, e.g. jemalloc or tcmalloc as PyTorch's CPU tuning guide "
+    "suggests (default: glibc's malloc, as pip's torch runs)",
+  )
   args = p.parse_args(argv)
   if args.block < 2:
     p.error('--block must be at least 2 (the first step of each turn is not a steady one)')
@@ -72,15 +80,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 def sizes(args) -> dict:
   """Tower sizes: ViT-B/16 + text B, or tiny ones for --tiny."""
   if args.tiny:
-    return dict(image_size=32, patch=8, iw=64, idepth=2, iheads=2, tw=64, tdepth=2, theads=2, context=16,
-                vocab=512, embed=32)
-  return dict(image_size=args.image_size, patch=16, iw=768, idepth=12, iheads=12, tw=512, tdepth=12, theads=8,
-              context=77, vocab=49408, embed=512)
+    return dict(image_size=32, patch=8, iw=64, idepth=2, iheads=2, tw=64, tdepth=2, theads=2, context=16, vocab=512, embed=32)
+  return dict(
+    image_size=args.image_size,
+    patch=16,
+    iw=768,
+    idepth=12,
+    iheads=12,
+    tw=512,
+    tdepth=12,
+    theads=8,
+    context=77,
+    vocab=49408,
+    embed=512,
+  )
 
 
 def jax_config(args, s: dict):
   """superclip_jax's config for the same model, loss and optimizer."""
   from superclip_jax import config_defaults
+
   c = config_defaults.default_config()
   m = c.model
   m.variant = 'clip' if args.no_head else 'superclip'
@@ -111,22 +130,44 @@ def torch_step(args, s: dict, images, ids, fused: bool = True):
   torch.manual_seed(0)
   common = dict(hidden_act='quick_gelu')
   cfg = CLIPConfig(
-      text_config=dict(vocab_size=s['vocab'], hidden_size=s['tw'], intermediate_size=4 * s['tw'],
-                       num_hidden_layers=s['tdepth'], num_attention_heads=s['theads'],
-                       max_position_embeddings=s['context'], bos_token_id=s['vocab'] - 2,
-                       eos_token_id=s['vocab'] - 1, pad_token_id=0, **common),
-      vision_config=dict(hidden_size=s['iw'], intermediate_size=4 * s['iw'], num_hidden_layers=s['idepth'],
-                         num_attention_heads=s['iheads'], image_size=s['image_size'], patch_size=s['patch'],
-                         **common),
-      projection_dim=s['embed'])
+    text_config=dict(
+      vocab_size=s['vocab'],
+      hidden_size=s['tw'],
+      intermediate_size=4 * s['tw'],
+      num_hidden_layers=s['tdepth'],
+      num_attention_heads=s['theads'],
+      max_position_embeddings=s['context'],
+      bos_token_id=s['vocab'] - 2,
+      eos_token_id=s['vocab'] - 1,
+      pad_token_id=0,
+      **common,
+    ),
+    vision_config=dict(
+      hidden_size=s['iw'],
+      intermediate_size=4 * s['iw'],
+      num_hidden_layers=s['idepth'],
+      num_attention_heads=s['iheads'],
+      image_size=s['image_size'],
+      patch_size=s['patch'],
+      **common,
+    ),
+    projection_dim=s['embed'],
+  )
   model = CLIPModel(cfg)
   head = None if args.no_head else torch.nn.Sequential(torch.nn.LayerNorm(s['iw']), torch.nn.Linear(s['iw'], s['vocab']))
   modules = torch.nn.ModuleList([model] + ([head] if head is not None else []))
   params = list(modules.parameters())
   # Decay on matrices only, as superclip_jax does (the cost is the same either way).
-  opt = torch.optim.AdamW([{'params': [p for p in params if p.ndim >= 2], 'weight_decay': 0.2},
-                           {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}],
-                          lr=1e-3, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+  opt = torch.optim.AdamW(
+    [
+      {'params': [p for p in params if p.ndim >= 2], 'weight_decay': 0.2},
+      {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0},
+    ],
+    lr=1e-3,
+    betas=(0.9, 0.98),
+    eps=1e-6,
+    fused=fused,
+  )
   mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
   std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
   pixels = (torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -161,10 +202,12 @@ def torch_step(args, s: dict, images, ids, fused: bool = True):
 
 def _timed(step):
   """step() -> its wall time in seconds."""
+
   def run():
     start = time.perf_counter()
     step()
     return time.perf_counter() - start
+
   return run
 
 
@@ -204,18 +247,26 @@ def _jax_side(args, s):
 
   from superclip_jax import allocator, bench
   from superclip_jax.models.superclip import count_params
+
   jax_step = bench.Step(jax_config(args, s))
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   # Step ran the JAX step once; its loss is the first-step loss.
-  return jax_step, {'loss': jax_step.last_metrics()['loss'], 'params': count_params(jax_step.state.params),
-                    'compile_s': jax_step.compile_seconds, 'batch': batch, 'malloc': allocator.in_use()}
+  return jax_step, {
+    'loss': jax_step.last_metrics()['loss'],
+    'params': count_params(jax_step.state.params),
+    'compile_s': jax_step.compile_seconds,
+    'batch': batch,
+    'malloc': allocator.in_use(),
+  }
 
 
 def _torch_side(args, s, batch, fused: bool = True):
   """(step, {'loss': first loss (its warm-up step), 'params': count})."""
   import torch
+
   torch.set_num_threads(args.threads)
   from superclip_jax import allocator
+
   step, params = torch_step(args, s, batch['images'], batch['text'], fused=fused)
   return step, {'loss': step(), 'params': params, 'malloc': allocator.in_use()}
 
@@ -242,12 +293,14 @@ def _process_env(kind: str, args) -> dict[str, str]:
   if kind.startswith('torch'):
     return {**env, 'LD_PRELOAD': args.torch_preload} if args.torch_preload else env
   from superclip_jax import allocator
+
   return allocator.preload_env({**env, 'JAX_PLATFORMS': 'cpu'})
 
 
 def _times_in_separate_processes(args) -> tuple[dict, dict]:
   """Each framework in its own process, their steps alternated from here: ({name: times}, setup facts)."""
   import multiprocessing as mp
+
   ctx = mp.get_context('spawn')
   conns, procs = {}, {}
   saved = dict(os.environ)
@@ -267,8 +320,9 @@ def _times_in_separate_processes(args) -> tuple[dict, dict]:
     for kind in _kinds(args)[1:]:
       conns[kind].send(batch)
       facts[kind] = conns[kind].recv()
-    times = alternate_in_blocks({kind: functools.partial(_remote_step, conn) for kind, conn in conns.items()},
-                                args.steps, args.block)
+    times = alternate_in_blocks(
+      {kind: functools.partial(_remote_step, conn) for kind, conn in conns.items()}, args.steps, args.block
+    )
     for conn in conns.values():
       conn.send('stop')
   finally:
@@ -304,37 +358,62 @@ def main(argv=None) -> dict:
   times, facts = (_times_in_one_process if args.one_process else _times_in_separate_processes)(args)
   jax_loss, torch_loss, torch_params = facts['jax']['loss'], facts['torch']['loss'], facts['torch']['params']
   jax_t, torch_t = statistics.median(times['jax']), statistics.median(times['torch'])
-  report = {'image_size': s['image_size'], 'batch': args.batch, 'head': not args.no_head, 'threads': args.threads,
-            'processes': 'one' if args.one_process else 'separate',
-            'jax_malloc': facts['jax']['malloc'], 'torch_malloc': facts['torch']['malloc'],
-            'tiny': args.tiny, 'jax_params': facts['jax']['params'], 'torch_params': torch_params,
-            'jax_compile_s': facts['jax']['compile_s'], 'jax_step_s': jax_t, 'torch_step_s': torch_t,
-            'jax_over_torch_step_ratio': jax_t / torch_t, 'jax_images_per_sec': args.batch / jax_t,
-            'torch_images_per_sec': args.batch / torch_t, 'jax_first_loss': jax_loss,
-            'torch_first_loss': torch_loss, 'steps': args.steps, 'block': args.block,
-            # The first step of each turn, after the other framework's (not in the ratio above).
-            'jax_after_switch_step_s': statistics.median(times['jax_after_switch']),
-            'torch_after_switch_step_s': statistics.median(times['torch_after_switch']),
-            'jax_steady_steps_s': times['jax'], 'torch_steady_steps_s': times['torch'],
-            'torch_optimizer': 'AdamW(fused=True)'}
+  report = {
+    'image_size': s['image_size'],
+    'batch': args.batch,
+    'head': not args.no_head,
+    'threads': args.threads,
+    'processes': 'one' if args.one_process else 'separate',
+    'jax_malloc': facts['jax']['malloc'],
+    'torch_malloc': facts['torch']['malloc'],
+    'tiny': args.tiny,
+    'jax_params': facts['jax']['params'],
+    'torch_params': torch_params,
+    'jax_compile_s': facts['jax']['compile_s'],
+    'jax_step_s': jax_t,
+    'torch_step_s': torch_t,
+    'jax_over_torch_step_ratio': jax_t / torch_t,
+    'jax_images_per_sec': args.batch / jax_t,
+    'torch_images_per_sec': args.batch / torch_t,
+    'jax_first_loss': jax_loss,
+    'torch_first_loss': torch_loss,
+    'steps': args.steps,
+    'block': args.block,
+    # The first step of each turn, after the other framework's (not in the ratio above).
+    'jax_after_switch_step_s': statistics.median(times['jax_after_switch']),
+    'torch_after_switch_step_s': statistics.median(times['torch_after_switch']),
+    'jax_steady_steps_s': times['jax'],
+    'torch_steady_steps_s': times['torch'],
+    'torch_optimizer': 'AdamW(fused=True)',
+  }
   if 'torch_default' in times:
     default_t = statistics.median(times['torch_default'])
-    report.update(torch_default_step_s=default_t, jax_over_torch_default_step_ratio=jax_t / default_t,
-                  torch_default_first_loss=facts['torch_default']['loss'],
-                  torch_default_steady_steps_s=times['torch_default'])
-  print(f"vs_pytorch: {'tiny' if args.tiny else 'ViT-B/16 + text B'}, {s['image_size']} px, batch {args.batch}, "
-        f"{'with' if report['head'] else 'no'} token classifier, fp32, {args.threads} threads, "
-        f"{report['processes']} process{'' if args.one_process else 'es'}, malloc jax {report['jax_malloc']}, "
-        f"torch {report['torch_malloc']}")
-  print(f"  parameters    jax {report['jax_params'] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M")
-  print(f"  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}")
-  print(f"  step (median) jax {jax_t * 1e3:.1f} ms, torch with fused AdamW {torch_t * 1e3:.1f} ms, "
-        f"jax/torch {jax_t / torch_t:.3f}")
+    report.update(
+      torch_default_step_s=default_t,
+      jax_over_torch_default_step_ratio=jax_t / default_t,
+      torch_default_first_loss=facts['torch_default']['loss'],
+      torch_default_steady_steps_s=times['torch_default'],
+    )
+  print(
+    f'vs_pytorch: {"tiny" if args.tiny else "ViT-B/16 + text B"}, {s["image_size"]} px, batch {args.batch}, '
+    f'{"with" if report["head"] else "no"} token classifier, fp32, {args.threads} threads, '
+    f'{report["processes"]} process{"" if args.one_process else "es"}, malloc jax {report["jax_malloc"]}, '
+    f'torch {report["torch_malloc"]}'
+  )
+  print(f'  parameters    jax {report["jax_params"] / 1e6:.2f}M, torch {torch_params / 1e6:.2f}M')
+  print(f'  first loss    jax {jax_loss:.4f}, torch {torch_loss:.4f}')
+  print(
+    f'  step (median) jax {jax_t * 1e3:.1f} ms, torch with fused AdamW {torch_t * 1e3:.1f} ms, jax/torch {jax_t / torch_t:.3f}'
+  )
   if 'torch_default' in times:
-    print(f"                torch with its default AdamW {report['torch_default_step_s'] * 1e3:.1f} ms, "
-          f"jax/torch {report['jax_over_torch_default_step_ratio']:.3f}")
-  print(f"  first step of a turn (median) jax {report['jax_after_switch_step_s'] * 1e3:.1f} ms, "
-        f"torch {report['torch_after_switch_step_s'] * 1e3:.1f} ms")
+    print(
+      f'                torch with its default AdamW {report["torch_default_step_s"] * 1e3:.1f} ms, '
+      f'jax/torch {report["jax_over_torch_default_step_ratio"]:.3f}'
+    )
+  print(
+    f'  first step of a turn (median) jax {report["jax_after_switch_step_s"] * 1e3:.1f} ms, '
+    f'torch {report["torch_after_switch_step_s"] * 1e3:.1f} ms'
+  )
   print(json.dumps(report), flush=True)
   return report
 

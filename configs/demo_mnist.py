@@ -33,13 +33,11 @@ def get_config(arg: str = ''):
   c.optim.weight_decay = 0.1
   c.log_every_steps = 25
   c.checkpoint.every_steps = 50
-  zeroshot_args = dict(shards=shards['test'], class_names=mnist_demo.NUMBER_WORDS,
-                       templates=mnist_demo.TEMPLATES, batch_size=500)
+  zeroshot_args = dict(shards=shards['test'], class_names=mnist_demo.NUMBER_WORDS, templates=mnist_demo.TEMPLATES, batch_size=500)
   c.evals.zeroshot = evaluator(kind='zeroshot', every_steps=125, **zeroshot_args)
   # Test captions are one template per digit, so a text is right for every image of its digit.
   c.evals.retrieval = evaluator(kind='retrieval', shards=shards['test'], batch_size=500, match='label')
-  c.evals.probe = evaluator(kind='linear_probe', shards=shards['test'], train_shards=shards['train'],
-                            batch_size=500)
+  c.evals.probe = evaluator(kind='linear_probe', shards=shards['test'], train_shards=shards['train'], batch_size=500)
   args = config_defaults.parse_config_args(arg, {'steps': int}, 'configs/demo_mnist.py')
   if 'steps' in args:
     steps = args['steps']

@@ -11,4 +11,5 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path, not install
 def load(directory: str):
   """Load an exported model (python -m superclip_jax.export): encode_image, encode_text, tokenizer."""
   from superclip_jax import export  # imported on use: `import superclip_jax` stays light
+
   return export.load(directory)

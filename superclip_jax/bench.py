@@ -79,7 +79,7 @@ class PeakMatmul:
     self.library = min(times, key=times.get)
     self._one = candidates[self.library]
     self.repeats = max(1, round(seconds / max(times[self.library], 1e-9)))
-    self.flops_per_call = 2.0 * size ** 3 * self.repeats
+    self.flops_per_call = 2.0 * size**3 * self.repeats
     self.size = size
 
   def __call__(self) -> None:
@@ -105,18 +105,28 @@ def synthetic_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, jax.Ar
   """A global batch of the config's shapes: synthetic captions when the tokenizer ids allow, else random ids."""
   from superclip_jax import sharding
   from superclip_jax.data import synthetic
+
   b, m, tok = config.data.global_batch_size, config.model, config.tokenizer
   rows = sharding.local_rows(b, mesh)
   try:
-    source = synthetic.SyntheticImageText(image_size=m.image_size, vocab_size=m.vocab_size,
-                                          context_length=m.context_length, sot_id=tok.sot_id,
-                                          eot_id=tok.eot_id, pad_id=tok.pad_id, seed=config.seed)
+    source = synthetic.SyntheticImageText(
+      image_size=m.image_size,
+      vocab_size=m.vocab_size,
+      context_length=m.context_length,
+      sot_id=tok.sot_id,
+      eot_id=tok.eot_id,
+      pad_id=tok.pad_id,
+      seed=config.seed,
+    )
     local = source.batch(0, b, rows)
   except ValueError:  # the vocabulary has no room for the synthetic words: random captions
     n = sum(stop - start for start, stop in rows)
     rng = np.random.default_rng(config.seed)
-    local = {'images': rng.integers(0, 256, (n, m.image_size, m.image_size, 3), dtype=np.uint8),
-             'text': random_ids(rng, n, m.context_length, m.vocab_size, tok), 'label': np.zeros((n,), np.int32)}
+    local = {
+      'images': rng.integers(0, 256, (n, m.image_size, m.image_size, 3), dtype=np.uint8),
+      'text': random_ids(rng, n, m.context_length, m.vocab_size, tok),
+      'label': np.zeros((n,), np.int32),
+    }
   if config.data.long_captions:
     rng = np.random.default_rng(config.seed + 1)
     local['token_ids'] = random_ids(rng, len(local['text']), config.data.long_context_length, m.vocab_size, tok)
@@ -130,7 +140,7 @@ def random_ids(rng: np.random.Generator, n: int, length: int, vocab_size: int, t
   ids = np.full((n, length), tok.pad_id, np.int32)
   for r in range(n):
     k = int(rng.integers(1, max(length - 1, 2)))
-    ids[r, :k + 2] = [tok.sot_id, *rng.choice(ordinary, k), tok.eot_id][:length]
+    ids[r, : k + 2] = [tok.sot_id, *rng.choice(ordinary, k), tok.eot_id][:length]
   return ids
 
 
@@ -150,19 +160,18 @@ class Step:
 
   def __init__(self, config: ml_collections.ConfigDict):
     from superclip_jax import run_setup, train_state, train_step
+
     # Timed on a synthetic batch: no data, and IDF counts of the right shapes without statistics.
     setup = run_setup.prepare(config, training=False, idf_from_data=False)
     self.config = config = setup.config
     self.mesh = mesh = setup.mesh
     self.model_def = setup.model_def
     start = time.perf_counter()
-    self.state, shardings = train_state.create_train_state(self.model_def, setup.tx, setup.idf_counts, mesh,
-                                                           setup.rules)
+    self.state, shardings = train_state.create_train_state(self.model_def, setup.tx, setup.idf_counts, mesh, setup.rules)
     jax.block_until_ready(self.state)
     self.state_seconds = time.perf_counter() - start
     self.batch = synthetic_batch(config, mesh)
-    self.jitted, _ = train_step.jit_train_step(self.model_def, setup.tx, setup.schedule, config, shardings, mesh,
-                                               setup.rules)
+    self.jitted, _ = train_step.jit_train_step(self.model_def, setup.tx, setup.schedule, config, shardings, mesh, setup.rules)
     with jax.set_mesh(mesh):
       start = time.perf_counter()
       lowered = self.jitted.lower(self.state, self.batch)
@@ -185,27 +194,39 @@ class Step:
   def flops(self) -> dict[str, float]:
     """Analytic model FLOPs per step and XLA's count corrected for scans (program dots too)."""
     from superclip_jax import flops
+
     out = {'model_flops_per_step': flops.analytic_step_flops(self.model_def.cfg, self.config.data.global_batch_size)}
     with jax.set_mesh(self.mesh):
-      out.update(flops.step_flops_report(self.jitted, (self.state, self.batch), self.compiled,
-                                         num_devices=self.mesh.devices.size))
+      out.update(
+        flops.step_flops_report(self.jitted, (self.state, self.batch), self.compiled, num_devices=self.mesh.devices.size)
+      )
     return out
 
 
-def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, compare_clip: bool = True,
-        peak_matmul_size: int = 2048) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, compare_clip: bool = True, peak_matmul_size: int = 2048
+) -> dict[str, Any]:
   """Benchmark the config's train step (and, interleaved, its CLIP counterpart); returns the report."""
   from superclip_jax import flops
+
   devices = jax.devices()
   kind = getattr(devices[0], 'device_kind', devices[0].platform)
   step = Step(config)
   report: dict[str, Any] = {
-      'config_variant': config.model.variant, 'devices': len(devices), 'device_kind': kind,
-      'global_batch': config.data.global_batch_size, 'image_size': config.model.image_size,
-      'compute_dtype': config.model.compute_dtype, 'remat': step.config.model.remat,
-      'attention': step.config.model.attention, 'allocator': allocator.in_use(),
-      'state_creation_s': step.state_seconds, 'lower_s': step.lower_seconds, 'compile_s': step.compile_seconds,
-      'first_step_s': step.first_step_seconds}
+    'config_variant': config.model.variant,
+    'devices': len(devices),
+    'device_kind': kind,
+    'global_batch': config.data.global_batch_size,
+    'image_size': config.model.image_size,
+    'compute_dtype': config.model.compute_dtype,
+    'remat': step.config.model.remat,
+    'attention': step.config.model.attention,
+    'allocator': allocator.in_use(),
+    'state_creation_s': step.state_seconds,
+    'lower_s': step.lower_seconds,
+    'compile_s': step.compile_seconds,
+    'first_step_s': step.first_step_seconds,
+  }
   fns: dict[str, Callable[[], Any]] = {'superclip': step}
   if compare_clip and config.model.variant != 'clip':
     clip = Step(clip_config(config))
@@ -218,8 +239,9 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, com
   times = interleaved_times(fns, steps, warmup)
   t = statistics.median(times['superclip'])
   b = config.data.global_batch_size
-  report.update(step_time_s=t, step_time_min_s=min(times['superclip']), images_per_sec=b / t,
-                images_per_sec_per_device=b / t / len(devices))
+  report.update(
+    step_time_s=t, step_time_min_s=min(times['superclip']), images_per_sec=b / t, images_per_sec_per_device=b / t / len(devices)
+  )
   report.update(step.flops())
   report['loss'] = step.last_metrics()['loss']  # finite, or the timings are of a broken step
   if 'clip' in times:
@@ -233,8 +255,10 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2, com
     # The BLAS runs on every core, which all CPU devices share: the machine's peak, not per device.
     rates = [peak_matmul.flops_per_call / seconds for seconds in times['peak']]
     peak = statistics.median(rates)
-    report['peak_source'] = (f'measured ({peak_matmul_size}^3 float32 matmul with {peak_matmul.library}, the faster '
-                             f'BLAS here, median of {steps} turns interleaved with the steps)')
+    report['peak_source'] = (
+      f'measured ({peak_matmul_size}^3 float32 matmul with {peak_matmul.library}, the faster '
+      f'BLAS here, median of {steps} turns interleaved with the steps)'
+    )
     report['peak_flops_per_sec_range'] = [min(rates), max(rates)]
   elif peak:
     report['peak_source'] = f'table (bf16 peak of {kind}, {len(devices) // flops.cores_per_chip(devices)} chips)'
@@ -258,35 +282,42 @@ def format_report(r: dict[str, Any]) -> str:
   """The report as aligned lines (the JSON line follows them)."""
   ratio = r['superclip_over_clip_step_ratio']
   lines = [
-      f"bench: {r['devices']} x {r['device_kind']}, {r['config_variant']}, batch {r['global_batch']}, "
-      f"{r['image_size']} px, {r['compute_dtype']}, remat {r['remat']}, malloc {r['allocator']}",
-      f"  state creation        {r['state_creation_s']:.2f} s",
-      f"  lower / compile       {r['lower_s']:.2f} s / {r['compile_s']:.2f} s (first step {r['first_step_s']:.2f} s)",
-      f"  step time (median)    {r['step_time_s'] * 1e3:.1f} ms (min {r['step_time_min_s'] * 1e3:.1f} ms)",
-      f"  images/s              {r['images_per_sec']:.2f} ({r['images_per_sec_per_device']:.2f} per device)",
-      f"  FLOPs per step        analytic {_si(r['model_flops_per_step'], 'FLOP')}, XLA corrected for scans "
-      f"{_si(r.get('xla_flops_corrected'), 'FLOP')} (reported {_si(r.get('xla_flops_reported'), 'FLOP')})",
-      f"  achieved              {_si(r['achieved_flops_per_sec'], 'FLOP/s')}",
-      (f"  MFU                   {100 * r['mfu']:.1f}% of {_si(r['peak_flops_per_sec'], 'FLOP/s')}, "
-       if r['mfu'] is not None else "  MFU                   n/a, ") +
-      f"peak {r['peak_source']}" + (
-          f"; turns {_si(r['peak_flops_per_sec_range'][0], 'FLOP/s')} to {_si(r['peak_flops_per_sec_range'][1], 'FLOP/s')}"
-          if r['peak_flops_per_sec_range'] else ''),
-      "  CLIP step (median)    " + (f"{r['clip_step_time_s'] * 1e3:.1f} ms, SuperCLIP/CLIP {ratio:.3f}"
-                                     if ratio is not None else 'not measured')]
+    f'bench: {r["devices"]} x {r["device_kind"]}, {r["config_variant"]}, batch {r["global_batch"]}, '
+    f'{r["image_size"]} px, {r["compute_dtype"]}, remat {r["remat"]}, malloc {r["allocator"]}',
+    f'  state creation        {r["state_creation_s"]:.2f} s',
+    f'  lower / compile       {r["lower_s"]:.2f} s / {r["compile_s"]:.2f} s (first step {r["first_step_s"]:.2f} s)',
+    f'  step time (median)    {r["step_time_s"] * 1e3:.1f} ms (min {r["step_time_min_s"] * 1e3:.1f} ms)',
+    f'  images/s              {r["images_per_sec"]:.2f} ({r["images_per_sec_per_device"]:.2f} per device)',
+    f'  FLOPs per step        analytic {_si(r["model_flops_per_step"], "FLOP")}, XLA corrected for scans '
+    f'{_si(r.get("xla_flops_corrected"), "FLOP")} (reported {_si(r.get("xla_flops_reported"), "FLOP")})',
+    f'  achieved              {_si(r["achieved_flops_per_sec"], "FLOP/s")}',
+    (
+      f'  MFU                   {100 * r["mfu"]:.1f}% of {_si(r["peak_flops_per_sec"], "FLOP/s")}, '
+      if r['mfu'] is not None
+      else '  MFU                   n/a, '
+    )
+    + f'peak {r["peak_source"]}'
+    + (
+      f'; turns {_si(r["peak_flops_per_sec_range"][0], "FLOP/s")} to {_si(r["peak_flops_per_sec_range"][1], "FLOP/s")}'
+      if r['peak_flops_per_sec_range']
+      else ''
+    ),
+    '  CLIP step (median)    '
+    + (f'{r["clip_step_time_s"] * 1e3:.1f} ms, SuperCLIP/CLIP {ratio:.3f}' if ratio is not None else 'not measured'),
+  ]
   return '\n'.join(lines)
 
 
 def _define_flags() -> None:
   _FLAGS.update(
-      config=cli.define_config_flag('Training config file (ml_collections).'),
-      steps=flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up) of each model.'),
-      warmup=flags.DEFINE_integer('warmup', 2, 'Untimed steps of each model after the first.'),
-      batch=flags.DEFINE_integer('batch', None, "Global batch size (default: the config's)."),
-      image_size=flags.DEFINE_integer('image_size', None, "Image side in pixels (default: the config's)."),
-      peak_matmul_size=flags.DEFINE_integer('peak_matmul_size', 2048,
-                                            'Side of the square matmul timed for the measured peak.'),
-      no_clip=flags.DEFINE_bool('no_clip', False, 'Skip the interleaved step without the token classifier.'))
+    config=cli.define_config_flag('Training config file (ml_collections).'),
+    steps=flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up) of each model.'),
+    warmup=flags.DEFINE_integer('warmup', 2, 'Untimed steps of each model after the first.'),
+    batch=flags.DEFINE_integer('batch', None, "Global batch size (default: the config's)."),
+    image_size=flags.DEFINE_integer('image_size', None, "Image side in pixels (default: the config's)."),
+    peak_matmul_size=flags.DEFINE_integer('peak_matmul_size', 2048, 'Side of the square matmul timed for the measured peak.'),
+    no_clip=flags.DEFINE_bool('no_clip', False, 'Skip the interleaved step without the token classifier.'),
+  )
 
 
 def main(argv):
@@ -299,8 +330,9 @@ def main(argv):
       config.data.global_batch_size = f['batch']
     if f['image_size']:
       config.model.image_size = f['image_size']
-    report = run(config, steps=f['steps'], warmup=f['warmup'], compare_clip=not f['no_clip'],
-                 peak_matmul_size=f['peak_matmul_size'])
+    report = run(
+      config, steps=f['steps'], warmup=f['warmup'], compare_clip=not f['no_clip'], peak_matmul_size=f['peak_matmul_size']
+    )
   print(format_report(report), flush=True)
   print(json.dumps(report), flush=True)
 

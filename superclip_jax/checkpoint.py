@@ -91,8 +91,9 @@ def key_name(k) -> str:
 
 def flat_names(tree: Any) -> dict[str, Any]:
   """{'params.image_tower.proj': leaf, ...}: leaves by the dotted names Orbax stores them under."""
-  return {'.'.join(key_name(k) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf is not None}
+  return {
+    '.'.join(key_name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf is not None
+  }
 
 
 def tree_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str]:
@@ -115,8 +116,11 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   """model.*, loss.* and optim.* keys whose saved value differs from this run's (hints only)."""
   old = config_defaults.flat_keys(saved)
   new = config_defaults.flat_keys(json.loads(json.dumps(config.to_dict())))
-  return [f'{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}' for k in sorted(new)
-          if k.split('.')[0] in ('model', 'loss', 'optim', 'tokenizer') and old.get(k) != new.get(k)]
+  return [
+    f'{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}'
+    for k in sorted(new)
+    if k.split('.')[0] in ('model', 'loss', 'optim', 'tokenizer') and old.get(k) != new.get(k)
+  ]
 
 
 class Checkpointer:
@@ -128,11 +132,18 @@ class Checkpointer:
     self.directory = storage.join(self.workdir, 'checkpoints')
     self.every = int(c.every_steps)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(self.every, 1), max_to_keep=c.keep or None,
-        keep_period=c.keep_every or None, enable_async_checkpointing=c.async_save, create=True)
+      save_interval_steps=max(self.every, 1),
+      max_to_keep=c.keep or None,
+      keep_period=c.keep_every or None,
+      enable_async_checkpointing=c.async_save,
+      create=True,
+    )
     # Handlers named up front, so a fresh process can read the saved items' metadata.
-    handlers = {'state': ocp.StandardCheckpointHandler(use_ocdbt=bool(c.ocdbt)), 'loop': ocp.JsonCheckpointHandler(),
-                'config': ocp.JsonCheckpointHandler()}
+    handlers = {
+      'state': ocp.StandardCheckpointHandler(use_ocdbt=bool(c.ocdbt)),
+      'loop': ocp.JsonCheckpointHandler(),
+      'config': ocp.JsonCheckpointHandler(),
+    }
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     # Steps known good: saved by this process from a state checked finite, or restored with
     # matching fingerprints. Only these are named as "the last good checkpoint".
@@ -155,10 +166,15 @@ class Checkpointer:
     """
     loop = dict(loop, fingerprints=fingerprints(state))
     self.verified.add(step)
-    return self.manager.save(step, force=True, args=ocp.args.Composite(
+    return self.manager.save(
+      step,
+      force=True,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         loop=ocp.args.JsonSave(loop),
-        config=ocp.args.JsonSave(json.loads(json.dumps(config.to_dict())))))
+        config=ocp.args.JsonSave(json.loads(json.dumps(config.to_dict()))),
+      ),
+    )
 
   def check_fits(self, step: int, target, config: ml_collections.ConfigDict | None = None) -> None:
     """Raise IncompatibleCheckpoint naming every leaf that does not fit `target`."""
@@ -178,8 +194,12 @@ class Checkpointer:
           pass
       shown = problems[:12] + ([f'... and {len(problems) - 12} more'] if len(problems) > 12 else [])
       raise IncompatibleCheckpoint(
-          f'checkpoint {self.path(step)} does not fit this run ({len(problems)} leaves differ: '
-          + '; '.join(shown) + ')' + hint + '\nuse another --workdir, or the config it was written with')
+        f'checkpoint {self.path(step)} does not fit this run ({len(problems)} leaves differ: '
+        + '; '.join(shown)
+        + ')'
+        + hint
+        + '\nuse another --workdir, or the config it was written with'
+      )
 
   def restore_latest(self, target, config: ml_collections.ConfigDict) -> tuple[Any, dict] | None:
     """(state, loop position) of the newest checkpoint that restores, else None if there is none.
@@ -218,10 +238,12 @@ class Checkpointer:
     saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
     before = saved['data']['global_batch_size']
     if before != config.data.global_batch_size:
-      raise OtherBatch(f'checkpoint {self.path(step)} was trained at data.global_batch_size={before}, this run has '
-                       f'{config.data.global_batch_size}: resuming would read other samples than an unbroken run. '
-                       f'Resume with --config.data.global_batch_size={before}, or start a new workdir from its weights '
-                       f'with --config.init_from={self.workdir}')
+      raise OtherBatch(
+        f'checkpoint {self.path(step)} was trained at data.global_batch_size={before}, this run has '
+        f'{config.data.global_batch_size}: resuming would read other samples than an unbroken run. '
+        f'Resume with --config.data.global_batch_size={before}, or start a new workdir from its weights '
+        f'with --config.init_from={self.workdir}'
+      )
 
   def _set_aside(self, step: int, reason: str, delete: bool) -> None:
     """Move an unusable step out of Orbax's sight (process 0 moves, every process waits for it)."""
@@ -235,13 +257,15 @@ class Checkpointer:
       logging.warning('checkpoint %s is damaged (%s): %s; trying the previous one', self.path(step), reason, where)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
     self.manager.reload()
 
   def restore(self, step: int, target) -> tuple[Any, dict]:
     """Restore one step onto `target`'s shardings; returns (state, loop position)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore())
+    )
     loop = dict(restored['loop'] or {})
     saved = loop.pop('fingerprints', None)
     if saved is None:
@@ -249,8 +273,10 @@ class Checkpointer:
     else:
       wrong = sorted(name for name, value in fingerprints(restored['state']).items() if saved.get(name) != value)
       if wrong:
-        raise DamagedCheckpoint(f'{len(wrong)} arrays differ from their fingerprints at save: {", ".join(wrong[:4])}'
-                                + (' ...' if len(wrong) > 4 else ''))
+        raise DamagedCheckpoint(
+          f'{len(wrong)} arrays differ from their fingerprints at save: {", ".join(wrong[:4])}'
+          + (' ...' if len(wrong) > 4 else '')
+        )
     if saved is not None:
       self.verified.add(step)
     logging.info('restored %s', self.path(step))
@@ -295,6 +321,7 @@ class PreemptionWatcher:
     if step % self.check_every:
       return False
     from jax.experimental import multihost_utils
+
     # A host-local numpy flag (a jnp array made under the mesh would be a global array).
     flags = multihost_utils.process_allgather(np.asarray([self.requested]))
     return bool(np.asarray(flags).any())

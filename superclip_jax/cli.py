@@ -45,9 +45,11 @@ def define_config_flag(help_text: str) -> _ConfigFlag:
   """
   caller = sys._getframe(1).f_globals.get('__name__', '')
   module = sys.argv[0] if caller == '__main__' else caller
-  return _ConfigFlag(flags.DEFINE_string(
-      'config', None, '(required) ' + help_text + ' PATH[:ARG]; override keys with --config.KEY=VALUE.',
-      module_name=module))
+  return _ConfigFlag(
+    flags.DEFINE_string(
+      'config', None, '(required) ' + help_text + ' PATH[:ARG]; override keys with --config.KEY=VALUE.', module_name=module
+    )
+  )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -57,7 +59,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith('--config.'):
-      body = arg[len('--config.'):]
+      body = arg[len('--config.') :]
       if '=' in body:
         key, value = body.split('=', 1)
       elif i + 1 < len(argv):
@@ -99,8 +101,7 @@ def _convert(key: str, current: Any, text: str) -> Any:
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    raise UserError(f'--config.{key}={text!r}: expected a {type(current).__name__} '
-                    f'like {current!r}') from None
+    raise UserError(f'--config.{key}={text!r}: expected a {type(current).__name__} like {current!r}') from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
   if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
@@ -139,6 +140,7 @@ def config_value(flag: _ConfigFlag, training: bool = True) -> ml_collections.Con
   config = apply_overrides(config, _OVERRIDES)
   config_defaults.validate(config, training=training)
   from superclip_jax.evals import registry  # imported on use: it pulls in jax
+
   registry.validate(config.evals)
   return config
 
@@ -153,8 +155,7 @@ class _OwnInfoOnly(logging.Filter):
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING or absl_logging.get_verbosity() >= 1
-            or record.pathname.startswith(_PACKAGE_DIR))
+    return record.levelno >= logging.WARNING or absl_logging.get_verbosity() >= 1 or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def run(main: Callable[[list[str]], Any], prog: str) -> None:

@@ -20,13 +20,13 @@ from superclip_jax.errors import UserError
 
 # --topology name -> shipped description (gpu_targets/NAME.txtpb). 'a100' and 'h100' are the SXM parts.
 GPU_TARGETS = {
-    'a100': 'a100_sxm_80',
-    'a100_40gb': 'a100_sxm_40',
-    'a100_pcie': 'a100_pcie_80',
-    'h100': 'h100_sxm',
-    'h100_pcie': 'h100_pcie',
-    'h200': 'h200',
-    'b200': 'b200',
+  'a100': 'a100_sxm_80',
+  'a100_40gb': 'a100_sxm_40',
+  'a100_pcie': 'a100_pcie_80',
+  'h100': 'h100_sxm',
+  'h100_pcie': 'h100_pcie',
+  'h200': 'h200',
+  'b200': 'b200',
 }
 TPU_EXAMPLES = ('v4:4x4x8', 'v5e:16x16', 'v5p:4x4x8', 'v6e:16x16')
 
@@ -38,7 +38,7 @@ DEVICELESS_GPU_OPTIONS = {'xla_gpu_enable_triton_gemm': False}
 def known_names() -> str:
   """The --topology forms this module accepts, for error messages and --help."""
   gpus = ', '.join(f'{name}:8' for name in GPU_TARGETS)
-  return f"TPU: {', '.join(TPU_EXAMPLES)} (any topology libtpu knows); GPU: {gpus} (or NAME:NODESx8)"
+  return f'TPU: {", ".join(TPU_EXAMPLES)} (any topology libtpu knows); GPU: {gpus} (or NAME:NODESx8)'
 
 
 def gpu_target_text(name: str) -> str:
@@ -84,27 +84,37 @@ def devices(topology: str) -> list:
 
 def _gpu_devices(name: str, nodes: int, per_node: int, topology: str) -> list:
   from jax.experimental import topologies
+
   try:
-    desc = topologies.get_topology_desc(name, 'cuda', target_config=gpu_target_text(name),
-                                        topology=f'1x{nodes}x{per_node}')
+    desc = topologies.get_topology_desc(name, 'cuda', target_config=gpu_target_text(name), topology=f'1x{nodes}x{per_node}')
   except Exception as e:  # no CUDA plugin, or a description this jaxlib cannot parse
-    raise UserError(f'--topology {topology}: cannot describe these GPUs ({str(e).splitlines()[0][:300]}); '
-                    "install the GPU extra (pip install -e '.[gpu]')") from e
+    raise UserError(
+      f'--topology {topology}: cannot describe these GPUs ({str(e).splitlines()[0][:300]}); '
+      "install the GPU extra (pip install -e '.[gpu]')"
+    ) from e
   return list(desc.devices)
 
 
 def _tpu_devices(topology: str) -> list:
-  for key, value in (('TPU_ACCELERATOR_TYPE', topology.replace(':', '-')), ('TPU_WORKER_HOSTNAMES', 'localhost'),
-                     ('TPU_WORKER_ID', '0'), ('TPU_SKIP_MDS_QUERY', '1'), ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')):
+  for key, value in (
+    ('TPU_ACCELERATOR_TYPE', topology.replace(':', '-')),
+    ('TPU_WORKER_HOSTNAMES', 'localhost'),
+    ('TPU_WORKER_ID', '0'),
+    ('TPU_SKIP_MDS_QUERY', '1'),
+    ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'),
+  ):
     # libtpu otherwise probes a metadata server that is not there, and takes a lock file that
     # makes a second compile-only process fail (describing a topology opens no TPU).
     os.environ.setdefault(key, value)
   from jax.experimental import topologies
+
   try:
     return list(topologies.get_topology_desc(topology_name=topology, platform='tpu').devices)
   except Exception as e:  # no libtpu, or an unknown topology name
-    raise UserError(f'--topology {topology}: libtpu cannot describe it ({str(e).splitlines()[0][:300]}); '
-                    f"install the TPU extra (pip install -e '.[tpu]'); known: {known_names()}") from e
+    raise UserError(
+      f'--topology {topology}: libtpu cannot describe it ({str(e).splitlines()[0][:300]}); '
+      f"install the TPU extra (pip install -e '.[tpu]'); known: {known_names()}"
+    ) from e
 
 
 def compile_options(platform: str, compile_only: bool) -> dict:

@@ -109,12 +109,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Logical axis -> mesh axes: how parameters, activations and the batch are split. A
   # dimension whose size the mesh axes do not divide is replicated (logged once).
   c.mesh.rules = (
-      ('batch', ('data', 'fsdp')),
-      ('embed', 'fsdp'),
-      ('classifier_embed', 'fsdp'),  # the token classifier's input axis (see docs/performance.md)
-      ('mlp', 'tensor'),
-      ('heads', 'tensor'),
-      ('vocab', 'tensor'),
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('classifier_embed', 'fsdp'),  # the token classifier's input axis (see docs/performance.md)
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('vocab', 'tensor'),
   )
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -166,20 +166,23 @@ def resolved_total_steps(config: ml_collections.ConfigDict) -> int:
   return int(config.data.num_train_samples // config.data.global_batch_size)
 
 
-_ZERO_MEANS = {'every_steps': 'save only at the end and on preemption', 'keep': 'keep every checkpoint',
-               'keep_every': 'no permanent checkpoints'}
+_ZERO_MEANS = {
+  'every_steps': 'save only at the end and on preemption',
+  'keep': 'keep every checkpoint',
+  'keep_every': 'no permanent checkpoints',
+}
 
 _CHOICES = {
-    'model.variant': ('superclip', 'clip', 'superclass'),
-    'model.compute_dtype': ('float32', 'bfloat16'),
-    'model.remat': ('auto', 'none', 'full', 'dots', 'elementwise'),
-    'model.attention': ('auto', 'xla', 'cudnn'),
-    'nonfinite_guard': ('auto', 'cond', 'select'),
-    'loss.contrastive': ('softmax', 'sigmoid', 'none'),
-    'loss.idf': ('online', 'offline', 'none'),
-    'optim.schedule': ('cosine', 'constant'),
-    'data.kind': ('synthetic', 'shards'),
-    'nonfinite': ('stop', 'skip'),
+  'model.variant': ('superclip', 'clip', 'superclass'),
+  'model.compute_dtype': ('float32', 'bfloat16'),
+  'model.remat': ('auto', 'none', 'full', 'dots', 'elementwise'),
+  'model.attention': ('auto', 'xla', 'cudnn'),
+  'nonfinite_guard': ('auto', 'cond', 'select'),
+  'loss.contrastive': ('softmax', 'sigmoid', 'none'),
+  'loss.idf': ('online', 'offline', 'none'),
+  'optim.schedule': ('cosine', 'constant'),
+  'data.kind': ('synthetic', 'shards'),
+  'nonfinite': ('stop', 'skip'),
 }
 
 
@@ -213,7 +216,7 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
       raise UserError(f"unknown config key '{key}'{hint}")
   for key, choices in _CHOICES.items():
     if given[key] not in choices:
-      raise UserError(f"config.{key}={given[key]!r} is not one of {choices}")
+      raise UserError(f'config.{key}={given[key]!r} is not one of {choices}')
   if config.model.image not in presets.IMAGE_TOWERS:
     raise UserError(f'config.model.image={config.model.image!r} is not one of {sorted(presets.IMAGE_TOWERS)}')
   if config.model.variant == 'superclass':
@@ -225,14 +228,16 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
     if config.model.text not in presets.TEXT_TOWERS:
       raise UserError(f'config.model.text={config.model.text!r} is not one of {sorted(presets.TEXT_TOWERS)}')
     if config.loss.contrastive == 'none':
-      raise UserError(f"model.variant={config.model.variant!r} needs a contrastive loss")
+      raise UserError(f'model.variant={config.model.variant!r} needs a contrastive loss')
   if config.model.variant == 'clip' and config.loss.cls_weight != 0:
     raise UserError("model.variant='clip' has no token classifier: set loss.cls_weight=0")
   if config.loss.idf == 'offline' and not config.loss.idf_offline_stats and config.data.kind != 'shards':
     raise UserError("loss.idf='offline' needs loss.idf_offline_stats (an .npz path) or shards")
   if training and config.data.kind == 'shards' and not config.data.shards:
-    raise UserError('no training data: data.shards is empty; build shards with python -m superclip_jax.data.build '
-                    'and give them as --config.data.shards=DIR (for a recipe config: CONFIG.py:data=DIR)')
+    raise UserError(
+      'no training data: data.shards is empty; build shards with python -m superclip_jax.data.build '
+      'and give them as --config.data.shards=DIR (for a recipe config: CONFIG.py:data=DIR)'
+    )
   if config.data.global_batch_size <= 0:
     raise UserError('data.global_batch_size must be positive')
   if not (config.data.workers == 'auto' or str(config.data.workers).isdigit()):
@@ -242,16 +247,19 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
   if config.log_every_steps < 1:
     raise UserError(f'log_every_steps={config.log_every_steps}: must be >= 1 (steps averaged into one metrics row)')
   if config.total_steps < 0:
-    raise UserError(f'total_steps={config.total_steps}: must be > 0, or 0 for data.num_train_samples // '
-                    'data.global_batch_size')
+    raise UserError(f'total_steps={config.total_steps}: must be > 0, or 0 for data.num_train_samples // data.global_batch_size')
   if training and resolved_total_steps(config) <= 0:
-    raise UserError(f'no steps to train: total_steps is 0 and data.num_train_samples={config.data.num_train_samples} '
-                    f'is below one global batch of {config.data.global_batch_size}')
+    raise UserError(
+      f'no steps to train: total_steps is 0 and data.num_train_samples={config.data.num_train_samples} '
+      f'is below one global batch of {config.data.global_batch_size}'
+    )
   for key in ('every_steps', 'keep', 'keep_every'):
     if config.checkpoint[key] < 0:
       raise UserError(f'checkpoint.{key}={config.checkpoint[key]}: must be >= 0 (0: {_ZERO_MEANS[key]})')
-  for key, value in (('nonfinite_max_skipped', config.nonfinite_max_skipped),
-                     ('data.max_replaced_fraction', config.data.max_replaced_fraction)):
+  for key, value in (
+    ('nonfinite_max_skipped', config.nonfinite_max_skipped),
+    ('data.max_replaced_fraction', config.data.max_replaced_fraction),
+  ):
     if not 0 <= value <= 1:
       raise UserError(f'{key}={value}: a fraction between 0 and 1')
   if not 0 <= config.checkpoint.preempt_exit_code <= 255:
@@ -266,6 +274,7 @@ def load_config_file(path: str, arg: str = '') -> ml_collections.ConfigDict:
   """Run a config file's get_config(arg): how one config file builds on another."""
   import importlib.util
   import inspect
+
   if not os.path.isfile(path):
     raise UserError(f'config file {path} not found')
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)

@@ -20,8 +20,9 @@ from superclip_jax.errors import user_errors
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.convert', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.convert', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   direction = parser.add_mutually_exclusive_group(required=True)
   direction.add_argument('--from', dest='source_kind', choices=('openai', 'open_clip', 'hf'))
   direction.add_argument('--to', dest='target_kind', choices=('hf', 'open_clip'))
@@ -29,18 +30,33 @@ def main(argv=None):
   parser.add_argument('--out', required=True)
   parser.add_argument('--image-heads', type=int, default=0, help='default: config.json, else width / 64')
   parser.add_argument('--text-heads', type=int, default=0, help='default: config.json, else width / 64')
-  parser.add_argument('--quick-gelu', choices=('true', 'false'), default=None,
-                      help='default: true for openai, config.json / open_clip_config.json, else false')
-  parser.add_argument('--tokenizer', default='', help="tokenizer spec recorded in the export (default 'clip' "
-                                                      'when the vocabulary is 49,408)')
+  parser.add_argument(
+    '--quick-gelu',
+    choices=('true', 'false'),
+    default=None,
+    help='default: true for openai, config.json / open_clip_config.json, else false',
+  )
+  parser.add_argument(
+    '--tokenizer', default='', help="tokenizer spec recorded in the export (default 'clip' when the vocabulary is 49,408)"
+  )
   parser.add_argument('--format', choices=('safetensors', 'bin'), default='safetensors', help='--to open_clip')
   args = parser.parse_args(argv)
   with user_errors('superclip_jax.convert'):
     from superclip_jax.interop import conversions
+
     if args.source_kind:
       quick = None if args.quick_gelu is None else args.quick_gelu == 'true'
-      print(conversions.convert_in(args.source_kind, args.src, args.out, args.tokenizer, quick_gelu=quick,
-                          image_heads=args.image_heads, text_heads=args.text_heads))
+      print(
+        conversions.convert_in(
+          args.source_kind,
+          args.src,
+          args.out,
+          args.tokenizer,
+          quick_gelu=quick,
+          image_heads=args.image_heads,
+          text_heads=args.text_heads,
+        )
+      )
     else:
       print(conversions.convert_out(args.target_kind, args.src, args.out, args.format))
 

@@ -48,6 +48,8 @@ def user_errors(prog: str | None = None):
       left = f'{free / 2**20:.0f} MiB free'
     except OSError:
       left = 'free space unknown'
-    report(UserError(f'no space left on the device writing {where} ({left}): free some space, or use another '
-                     'directory'), prog or PROG[0])
+    report(
+      UserError(f'no space left on the device writing {where} ({left}): free some space, or use another directory'),
+      prog or PROG[0],
+    )
     sys.exit(1)

@@ -27,6 +27,7 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
   from superclip_jax.errors import UserError
   from superclip_jax.evals import embed, registry
   from superclip_jax.models.superclip import ModelConfig
+
   if not config.evals:
     raise UserError('the config lists no evaluators (config.evals)')
   cfg = None
@@ -37,11 +38,18 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
     source, found = workdir, {'workdir': workdir}
   # Inference needs no token classifier (an export has none).
   setup = run_setup.prepare(config, training=False, model_cfg=cfg, inference=True)
-  config, mesh, rules, model_def, target, shardings = (setup.config, setup.mesh, setup.rules, setup.model_def,
-                                                        setup.target, setup.shardings)
+  config, mesh, rules, model_def, target, shardings = (
+    setup.config,
+    setup.mesh,
+    setup.rules,
+    setup.model_def,
+    setup.target,
+    setup.shardings,
+  )
   # A checkpoint holds the token classifier too; it plays no part in evaluation.
   loaded, taken = init_from.restore_params(
-      source, target, step=step, ignore=('token_classifier.',) if model_def.cfg.variant == 'clip' else ())
+    source, target, step=step, ignore=('token_classifier.',) if model_def.cfg.variant == 'clip' else ()
+  )
   missing = set(checkpoint.flat_names(target)) - set(taken)
   if missing:
     raise UserError(f'{source}: parameters missing: {sorted(missing)[:8]}')
@@ -54,11 +62,13 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
 
 def main(argv):
   from absl import app
+
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   with user_errors():
     if bool(_WORKDIR.value) == bool(_MODEL.value):
       from superclip_jax.errors import UserError
+
       raise UserError('give exactly one of --workdir and --model')
     config = cli.config_value(_CONFIG, training=False)
     print(json.dumps(evaluate(config, _WORKDIR.value, _MODEL.value, _STEP.value), sort_keys=True))

@@ -36,10 +36,15 @@ CLIP_MEAN, CLIP_STD = vit.CLIP_MEAN_RGB, vit.CLIP_STD_RGB  # written into export
 def _tokenizer_description(config: dict) -> dict[str, Any]:
   data = config['data']
   if data['kind'] == 'synthetic':
-    return {'kind': 'synthetic', 'context_length': config['model']['context_length'],
-            'sot_id': config['tokenizer']['sot_id'], 'eot_id': config['tokenizer']['eot_id'],
-            'vocab_size': config['model']['vocab_size']}
+    return {
+      'kind': 'synthetic',
+      'context_length': config['model']['context_length'],
+      'sot_id': config['tokenizer']['sot_id'],
+      'eot_id': config['tokenizer']['eot_id'],
+      'vocab_size': config['model']['vocab_size'],
+    }
   from superclip_jax.data import inputs, records
+
   tok = records.read_manifest(inputs.shard_dirs(data['shards'])[0])['tokenizer']
   return {'kind': 'spec', 'spec': tok.get('spec', 'clip'), 'context_length': config['model']['context_length']}
 
@@ -60,8 +65,16 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   return write_export(out, cfg, params, tokenizer, step)
 
 
-def write_export(out: str, cfg: ModelConfig, params: dict, tokenizer: dict[str, Any], step: int | None = None,
-                 image_mean=CLIP_MEAN, image_std=CLIP_STD, **extra) -> str:
+def write_export(
+  out: str,
+  cfg: ModelConfig,
+  params: dict,
+  tokenizer: dict[str, Any],
+  step: int | None = None,
+  image_mean=CLIP_MEAN,
+  image_std=CLIP_STD,
+  **extra,
+) -> str:
   """Write MODEL (params/ via Orbax + model_config.json) from a params dict; returns out."""
   out = storage.absolute(out)
   params_dir = storage.Path(storage.join(out, 'params'))
@@ -70,9 +83,20 @@ def write_export(out: str, cfg: ModelConfig, params: dict, tokenizer: dict[str, 
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(storage.join(out, 'params'), params)
   ckptr.wait_until_finished()
-  storage.write_text(storage.join(out, 'model_config.json'), json.dumps(
-      {'model': cfg.to_dict(), 'tokenizer': tokenizer, 'step': step,
-       'image_mean': [float(x) for x in image_mean], 'image_std': [float(x) for x in image_std], **extra}, indent=1))
+  storage.write_text(
+    storage.join(out, 'model_config.json'),
+    json.dumps(
+      {
+        'model': cfg.to_dict(),
+        'tokenizer': tokenizer,
+        'step': step,
+        'image_mean': [float(x) for x in image_mean],
+        'image_std': [float(x) for x in image_std],
+        **extra,
+      },
+      indent=1,
+    ),
+  )
   return out
 
 
@@ -81,9 +105,15 @@ class _SyntheticTokenizer:
 
   def __init__(self, description):
     from superclip_jax.data import synthetic
+
     self._source = synthetic.SyntheticImageText(
-        image_size=8, vocab_size=description['vocab_size'], context_length=description['context_length'],
-        sot_id=description['sot_id'], eot_id=description['eot_id'], pad_id=0)
+      image_size=8,
+      vocab_size=description['vocab_size'],
+      context_length=description['context_length'],
+      sot_id=description['sot_id'],
+      eot_id=description['eot_id'],
+      pad_id=0,
+    )
     self.context_length = description['context_length']
 
   def __call__(self, texts, context_length=None):
@@ -113,6 +143,7 @@ class LoadedModel:
       self.tokenizer = _SyntheticTokenizer(tok)
     else:
       from superclip_jax.data import tokenizer as tokenizer_lib
+
       spec = tok['spec']
       if spec == 'tokenizer.json':
         spec = storage.join(directory, spec)
@@ -137,15 +168,15 @@ class LoadedModel:
     OpenCLIP's `image_transform(S, is_train=False)` to within one grey level.
     """
     from superclip_jax.data import transforms
+
     return transforms.clip_preprocess(images, self.config.image_size, self.image_mean, self.image_std)
 
   def encode_text(self, texts: str | Sequence[str] | np.ndarray) -> np.ndarray:
     """Texts (tokenized here) or int token ids (N, L) -> L2-normalised embeddings."""
     if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str)):
       if self.tokenizer is None:
-        raise UserError('this model has no tokenizer (its vocabulary is not CLIP\'s): pass token ids')
-      texts = self.tokenizer(list(texts) if not isinstance(texts, str) else texts,
-                             context_length=self.config.context_length)
+        raise UserError("this model has no tokenizer (its vocabulary is not CLIP's): pass token ids")
+      texts = self.tokenizer(list(texts) if not isinstance(texts, str) else texts, context_length=self.config.context_length)
     return np.asarray(self._text_fn(self.params, jnp.asarray(texts, jnp.int32)))
 
   @property
@@ -161,8 +192,9 @@ def load(directory: str) -> LoadedModel:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.export', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--out', required=True)
   parser.add_argument('--step', type=int, default=None, help='default: the newest checkpoint')

@@ -22,36 +22,36 @@ from superclip_jax import compile_targets
 # vendors' data sheets). Exact keys: an H100 PCIe or an H200 NVL must not get the SXM peak
 # through a shared prefix, and an unknown kind gets no MFU rather than a guessed one.
 PEAK_BF16_FLOPS = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,  # v5e
-    'TPU v5e': 197e12,
-    'TPU v5': 459e12,  # v5p
-    'TPU v5p': 459e12,
-    'TPU v6 lite': 918e12,  # v6e (Trillium)
-    'TPU v6e': 918e12,
-    'NVIDIA A100-SXM4-40GB': 312e12,
-    'NVIDIA A100-SXM4-80GB': 312e12,
-    'NVIDIA A100-PCIE-40GB': 312e12,
-    'NVIDIA A100 80GB PCIe': 312e12,
-    'NVIDIA H100 80GB HBM3': 989e12,  # H100 SXM
-    'NVIDIA H100 PCIe': 756e12,
-    'NVIDIA H100 NVL': 835e12,
-    'NVIDIA H200': 989e12,  # H200 SXM as the driver names it
-    'NVIDIA H200 141GB HBM3e': 989e12,  # H200 SXM as XLA's device description names it
-    'NVIDIA H200 NVL': 835e12,
-    'NVIDIA B200': 2250e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5e': 197e12,
+  'TPU v5': 459e12,  # v5p
+  'TPU v5p': 459e12,
+  'TPU v6 lite': 918e12,  # v6e (Trillium)
+  'TPU v6e': 918e12,
+  'NVIDIA A100-SXM4-40GB': 312e12,
+  'NVIDIA A100-SXM4-80GB': 312e12,
+  'NVIDIA A100-PCIE-40GB': 312e12,
+  'NVIDIA A100 80GB PCIe': 312e12,
+  'NVIDIA H100 80GB HBM3': 989e12,  # H100 SXM
+  'NVIDIA H100 PCIe': 756e12,
+  'NVIDIA H100 NVL': 835e12,
+  'NVIDIA H200': 989e12,  # H200 SXM as the driver names it
+  'NVIDIA H200 141GB HBM3e': 989e12,  # H200 SXM as XLA's device description names it
+  'NVIDIA H200 NVL': 835e12,
+  'NVIDIA B200': 2250e12,
 }
 
 # Memory of one chip (bytes), for devices that do not report it: TPUs, and the abstract
 # devices of a compile-only topology. Real GPUs report their own (memory_stats).
 DEVICE_MEMORY = {
-    'TPU v4': 32 * 2 ** 30,
-    'TPU v5 lite': 16 * 2 ** 30,
-    'TPU v5e': 16 * 2 ** 30,
-    'TPU v5': 95 * 2 ** 30,
-    'TPU v5p': 95 * 2 ** 30,
-    'TPU v6 lite': 32 * 2 ** 30,
-    'TPU v6e': 32 * 2 ** 30,
+  'TPU v4': 32 * 2**30,
+  'TPU v5 lite': 16 * 2**30,
+  'TPU v5e': 16 * 2**30,
+  'TPU v5': 95 * 2**30,
+  'TPU v5p': 95 * 2**30,
+  'TPU v6 lite': 32 * 2**30,
+  'TPU v6e': 32 * 2**30,
 }
 
 
@@ -91,10 +91,12 @@ def device_memory(device) -> int | None:
 def _tower_forward(width: int, depth: int, tokens: int, mlp_ratio: float) -> float:
   """Matmul FLOPs of `depth` transformer blocks on `tokens` tokens (one example)."""
   hidden = int(width * mlp_ratio)
-  per_layer = (2 * tokens * width * 3 * width  # qkv
-               + 2 * 2 * tokens * tokens * width  # scores and the weighted sum
-               + 2 * tokens * width * width  # output projection
-               + 2 * 2 * tokens * width * hidden)  # MLP
+  per_layer = (
+    2 * tokens * width * 3 * width  # qkv
+    + 2 * 2 * tokens * tokens * width  # scores and the weighted sum
+    + 2 * tokens * width * width  # output projection
+    + 2 * 2 * tokens * width * hidden
+  )  # MLP
   return depth * per_layer
 
 
@@ -102,9 +104,11 @@ def analytic_forward_flops(cfg) -> dict[str, float]:
   """Forward FLOPs per example: {'image', 'text', 'head'} for a ModelConfig."""
   im = cfg.image
   patches = (cfg.image_size // im.patch_size) ** 2
-  image = (2 * patches * im.patch_size ** 2 * 3 * im.width
-           + _tower_forward(im.width, im.depth, patches + 1, im.mlp_ratio)
-           + 2 * im.width * cfg.embed_dim)
+  image = (
+    2 * patches * im.patch_size**2 * 3 * im.width
+    + _tower_forward(im.width, im.depth, patches + 1, im.mlp_ratio)
+    + 2 * im.width * cfg.embed_dim
+  )
   text = 0.0
   if cfg.text is not None:
     t = cfg.text
@@ -132,7 +136,7 @@ def _dot_flops(eqn) -> float:
 
 def _sub_jaxprs(eqn):
   for value in eqn.params.values():
-    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+    for v in value if isinstance(value, (tuple, list)) else (value,):
       if isinstance(v, jax.extend.core.ClosedJaxpr):
         yield v.jaxpr
       elif isinstance(v, jax.extend.core.Jaxpr):

@@ -13,8 +13,25 @@ import math
 import re
 from typing import Any
 
-_DTYPE_BYTES = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2,
-                's32': 4, 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_DTYPE_BYTES = {
+  'pred': 1,
+  's4': 0.5,
+  'u4': 0.5,
+  's8': 1,
+  'u8': 1,
+  's16': 2,
+  'u16': 2,
+  'f16': 2,
+  'bf16': 2,
+  's32': 4,
+  'u32': 4,
+  'f32': 4,
+  's64': 8,
+  'u64': 8,
+  'f64': 8,
+  'c64': 8,
+  'c128': 16,
+}
 _SHAPE = re.compile(r'\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]')
 _COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
@@ -24,8 +41,20 @@ _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
 # Ops that name or reuse a buffer rather than make a new one.
-_NOT_BUFFERS = {'parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'while', 'conditional',
-                'call', 'after-all', 'partition-id', 'replica-id', 'opt-barrier'}
+_NOT_BUFFERS = {
+  'parameter',
+  'get-tuple-element',
+  'tuple',
+  'bitcast',
+  'constant',
+  'while',
+  'conditional',
+  'call',
+  'after-all',
+  'partition-id',
+  'replica-id',
+  'opt-barrier',
+}
 
 
 def _dtype_bytes(dtype: str) -> float:
@@ -36,8 +65,11 @@ def _dtype_bytes(dtype: str) -> float:
 
 def shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
   """Every array type in a piece of HLO text, as (dtype, dims)."""
-  return [(dt, tuple(int(d) for d in dims.split(',') if d)) for dt, dims in _SHAPE.findall(text)
-          if dt in _DTYPE_BYTES or dt.startswith('f8')]
+  return [
+    (dt, tuple(int(d) for d in dims.split(',') if d))
+    for dt, dims in _SHAPE.findall(text)
+    if dt in _DTYPE_BYTES or dt.startswith('f8')
+  ]
 
 
 def nbytes(typed: list[tuple[str, tuple[int, ...]]]) -> int:
@@ -52,7 +84,7 @@ def _split_type(rest: str) -> tuple[str, str]:
       depth += ch == '('
       depth -= ch == ')'
       if depth == 0:
-        return rest[:i + 1], rest[i + 1:].lstrip()
+        return rest[: i + 1], rest[i + 1 :].lstrip()
   head, _, tail = rest.partition(' ')
   return head, tail
 
@@ -76,10 +108,9 @@ class Program:
       if m and current is not None:
         type_text, rest = _split_type(m.group(2))
         op = rest.split('(', 1)[0].strip()
-        args = rest[len(op):]
-        operands = args[:_closing(args)] if args.startswith('(') else ''
-        self.computations[current].append({'name': m.group(1), 'op': op, 'type': type_text, 'operands': operands,
-                                           'line': line})
+        args = rest[len(op) :]
+        operands = args[: _closing(args)] if args.startswith('(') else ''
+        self.computations[current].append({'name': m.group(1), 'op': op, 'type': type_text, 'operands': operands, 'line': line})
     self.runs, self.fused = self._runs()
 
   def _runs(self) -> tuple[dict[str, float], set[str]]:
@@ -171,7 +202,7 @@ def _group_size(line: str) -> int:
   m = re.search(r'replica_groups=\[(\d+),(\d+)\]<=', line)
   if m:
     return int(m.group(2))
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)  # mesh['a'=8,'b'=1] {'a'}
+  m = re.search(r'replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}', line)  # mesh['a'=8,'b'=1] {'a'}
   if m:
     sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
     return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'(\w+)'", m.group(2)))
@@ -185,9 +216,9 @@ def _moved_bytes(kind: str, inst: dict[str, Any]) -> tuple[int, list[tuple[str, 
   parts = _top_level(inst['type'])
   start = inst['op'].endswith('-start')
   if start and kind == 'all-gather':
-    parts = parts[len(parts) // 2:]  # ((inputs), (outputs)) or (input, output)
+    parts = parts[len(parts) // 2 :]  # ((inputs), (outputs)) or (input, output)
   elif start and kind in ('reduce-scatter', 'collective-permute'):
-    parts = parts[:max(len(parts) // 2, 1)]  # the inputs
+    parts = parts[: max(len(parts) // 2, 1)]  # the inputs
   typed = shapes(', '.join(parts))
   moved = nbytes(typed)
   if kind == 'reduce-scatter' and not start:
@@ -213,42 +244,51 @@ def facts(hlo_text: str, top: int = 5) -> dict[str, Any]:
     kind = _collective_kind(op)
     if kind:
       moved, typed = _moved_bytes(kind, inst)
-      entry = collectives.setdefault(kind, {'ops': 0, 'executions_per_step': 0, 'bytes_per_step': 0,
-                                            'dtypes': set(), 'largest_bytes': 0, 'largest_shape': ''})
+      entry = collectives.setdefault(
+        kind, {'ops': 0, 'executions_per_step': 0, 'bytes_per_step': 0, 'dtypes': set(), 'largest_bytes': 0, 'largest_shape': ''}
+      )
       entry['ops'] += 1
       entry['executions_per_step'] += int(runs)
       entry['bytes_per_step'] += int(moved * runs)
       entry['dtypes'].update(dt for dt, _ in typed)
       if moved > entry['largest_bytes']:
         entry['largest_bytes'] = moved
-        entry['largest_shape'] = ', '.join(f"{dt}[{','.join(map(str, dims))}]" for dt, dims in typed)
+        entry['largest_shape'] = ', '.join(f'{dt}[{",".join(map(str, dims))}]' for dt, dims in typed)
     if comp not in program.fused and op not in _NOT_BUFFERS and not op.endswith('-done') and kind is None:
       typed = shapes(inst['type'])
-      buffers.append({'name': inst['name'], 'op': op, 'bytes': nbytes(typed),
-                      'shape': inst['type'] if len(inst['type']) < 160 else inst['type'][:157] + '...'})
+      buffers.append(
+        {
+          'name': inst['name'],
+          'op': op,
+          'bytes': nbytes(typed),
+          'shape': inst['type'] if len(inst['type']) < 160 else inst['type'][:157] + '...',
+        }
+      )
   for entry in collectives.values():
     entry['dtypes'] = sorted(entry['dtypes'])
   buffers.sort(key=lambda b: -b['bytes'])
-  return {'fused_attention_calls': {'forward': attention['forward'], 'backward': attention['backward']},
-          'conditionals': conditionals,
-          'collectives': dict(sorted(collectives.items())),
-          'collective_bytes_per_step': sum(c['bytes_per_step'] for c in collectives.values()),
-          'largest_buffers': buffers[:top]}
+  return {
+    'fused_attention_calls': {'forward': attention['forward'], 'backward': attention['backward']},
+    'conditionals': conditionals,
+    'collectives': dict(sorted(collectives.items())),
+    'collective_bytes_per_step': sum(c['bytes_per_step'] for c in collectives.values()),
+    'largest_buffers': buffers[:top],
+  }
 
 
 def summary_line(f: dict[str, Any]) -> str:
   """One line of the facts for the printed report."""
   att = f['fused_attention_calls']
-  parts = [f"fused attention {att['forward']} fwd / {att['backward']} bwd", f"conditionals {f['conditionals']}"]
+  parts = [f'fused attention {att["forward"]} fwd / {att["backward"]} bwd', f'conditionals {f["conditionals"]}']
   for kind, c in f['collectives'].items():
-    parts.append(f"{kind} {_size(c['bytes_per_step'])}/step ({'/'.join(c['dtypes'])}, largest {_size(c['largest_bytes'])})")
+    parts.append(f'{kind} {_size(c["bytes_per_step"])}/step ({"/".join(c["dtypes"])}, largest {_size(c["largest_bytes"])})')
   if not f['collectives']:
     parts.append('no collectives')
   return ', '.join(parts)
 
 
 def _size(x: float) -> str:
-  for unit, scale in (('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
     if x >= scale:
       return f'{x / scale:.1f} {unit}'
   return f'{int(x)} B'

@@ -13,27 +13,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_WORD = 2.0 ** 32
+_WORD = 2.0**32
 
 
 def zeros(vocab_size: int) -> dict[str, jax.Array]:
   """Empty counts: `num_samples` (2,) and `doc_freq` (V, 2), both (low, high) uint32 words."""
-  return {'num_samples': jnp.zeros((2,), jnp.uint32),
-          'doc_freq': jnp.zeros((vocab_size, 2), jnp.uint32)}
+  return {'num_samples': jnp.zeros((2,), jnp.uint32), 'doc_freq': jnp.zeros((vocab_size, 2), jnp.uint32)}
 
 
 def from_ints(num_samples: int, doc_freq) -> dict[str, jax.Array]:
   """Counts holding these (Python / int64) values exactly."""
   df = np.asarray(doc_freq, np.uint64)
-  return {'num_samples': jnp.asarray(_split(np.uint64(num_samples))),
-          'doc_freq': jnp.asarray(_split(df))}
+  return {'num_samples': jnp.asarray(_split(np.uint64(num_samples))), 'doc_freq': jnp.asarray(_split(df))}
 
 
 def to_ints(counts: dict[str, jax.Array]) -> tuple[int, np.ndarray]:
   """The counts as (int, uint64 array), for checks and reports."""
+
   def join(x):
     x = np.asarray(x, np.uint64)
     return x[..., 0] + (x[..., 1] << np.uint64(32))
+
   return int(join(counts['num_samples'])), join(counts['doc_freq'])
 
 
@@ -64,8 +64,7 @@ def to_float(counter: jax.Array) -> jax.Array:
 
 def update(counts: dict[str, jax.Array], batch_size, batch_doc_freq: jax.Array) -> dict[str, jax.Array]:
   """Add one global batch: its sample count and per-token document frequencies."""
-  return {'num_samples': add(counts['num_samples'], jnp.asarray(batch_size)),
-          'doc_freq': add(counts['doc_freq'], batch_doc_freq)}
+  return {'num_samples': add(counts['num_samples'], jnp.asarray(batch_size)), 'doc_freq': add(counts['doc_freq'], batch_doc_freq)}
 
 
 def weights(counts: dict[str, jax.Array]) -> jax.Array:

@@ -45,8 +45,14 @@ def _nest(flat: dict[str, Any]) -> dict:
   return out
 
 
-def restore_params(path: str, params_target: dict, image_tower_only: bool = False,
-                   step: int | None = None, ignore: tuple[str, ...] = (), model_cfg=None) -> tuple[dict, list[str]]:
+def restore_params(
+  path: str,
+  params_target: dict,
+  image_tower_only: bool = False,
+  step: int | None = None,
+  ignore: tuple[str, ...] = (),
+  model_cfg=None,
+) -> tuple[dict, list[str]]:
   """Arrays of the source for this run's parameters, sharded as `params_target` says.
 
   params_target: ShapeDtypeStructs with shardings (the run's abstract parameters).
@@ -58,8 +64,11 @@ def restore_params(path: str, params_target: dict, image_tower_only: bool = Fals
   wanted = checkpoint.flat_names(params_target)
   if prefix == '':
     _check_fits(path, wanted, image_tower_only, model_cfg)
-  saved = {name[len(prefix):]: leaf for name, leaf in checkpoint.flat_names(checkpoint.tree_metadata(directory)).items()
-           if name.startswith(prefix)}
+  saved = {
+    name[len(prefix) :]: leaf
+    for name, leaf in checkpoint.flat_names(checkpoint.tree_metadata(directory)).items()
+    if name.startswith(prefix)
+  }
   problems, taken = [], []
   if not any(n.startswith('token_classifier.') for n in wanted):
     ignore = (*ignore, 'token_classifier.')  # a CLIP run from a SuperCLIP: the head is simply not used
@@ -78,9 +87,11 @@ def restore_params(path: str, params_target: dict, image_tower_only: bool = Fals
     raise UserError(f'init_from {path}: no parameter of this model found there')
   item = _nest({prefix + n: wanted[n] for n in taken})
   restore_args = jax.tree.map(
-      lambda sds: ocp.ArrayRestoreArgs(sharding=sds.sharding, global_shape=sds.shape, dtype=sds.dtype), item)
+    lambda sds: ocp.ArrayRestoreArgs(sharding=sds.sharding, global_shape=sds.shape, dtype=sds.dtype), item
+  )
   restored = checkpoint.restore_item(
-      directory, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    directory, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+  )
   flat = checkpoint.flat_names(restored)
   logging.info('init_from %s: %d of %d parameter arrays loaded', path, len(taken), len(wanted))
   return {n: flat[prefix + n] for n in taken}, taken
@@ -90,6 +101,7 @@ def _check_fits(path: str, wanted: dict[str, Any], image_tower_only: bool, model
   """An export or converted model that differs from this run's config in what shapes cannot show
   (activation, EOT id) or in vocabulary / context / image size: name the config keys to set."""
   import json
+
   model = json.loads(storage.read_text(storage.join(path, MODEL_CONFIG)))['model']
   if model_cfg is not None:
     # QuickGELU vs GELU changes no shape: fine-tuning OpenAI weights with GELU would silently start off.
@@ -98,9 +110,14 @@ def _check_fits(path: str, wanted: dict[str, Any], image_tower_only: bool, model
       checks['tokenizer.eot_id'] = (model['eot_id'], model_cfg.eot_id)
     wrong = {k: v for k, v in checks.items() if v[0] != v[1]}
     if wrong:
-      raise UserError(f'init_from {path}: its model has ' + ', '.join(f'{k}={a}' for k, (a, _) in wrong.items())
-                      + '; this config has ' + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items()) + ': set '
-                      + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items()))
+      raise UserError(
+        f'init_from {path}: its model has '
+        + ', '.join(f'{k}={a}' for k, (a, _) in wrong.items())
+        + '; this config has '
+        + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items())
+        + ': set '
+        + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items())
+      )
   if image_tower_only:
     return
   here = {}
@@ -111,20 +128,28 @@ def _check_fits(path: str, wanted: dict[str, Any], image_tower_only: bool, model
     here['model.vocab_size'] = wanted['token_classifier.head.kernel'].shape[-1]
   there = {'model.vocab_size': model['vocab_size'], 'model.context_length': model['context_length']}
   if 'image_tower.positional_embedding' in wanted and model['image']['patch_size'] == wanted['image_tower.conv1'].shape[0]:
-    here['model.image_size'] = round((wanted['image_tower.positional_embedding'].shape[0] - 1) ** 0.5) * model[
-        'image']['patch_size']
+    here['model.image_size'] = (
+      round((wanted['image_tower.positional_embedding'].shape[0] - 1) ** 0.5) * model['image']['patch_size']
+    )
     there['model.image_size'] = model['image_size']
   wrong = {k: (there[k], v) for k, v in here.items() if there[k] != v}
   if wrong:
-    raise UserError(f'init_from {path}: its model has ' + ', '.join(f'{k.split(".")[1]} {a}' for k, (a, _) in wrong.items())
-                    + '; this config has ' + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items()) + ': set '
-                    + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items())
-                    + ' (and a tokenizer with those ids), or init_image_tower_only=True')
+    raise UserError(
+      f'init_from {path}: its model has '
+      + ', '.join(f'{k.split(".")[1]} {a}' for k, (a, _) in wrong.items())
+      + '; this config has '
+      + ', '.join(f'{k}={b}' for k, (_, b) in wrong.items())
+      + ': set '
+      + ' '.join(f'--config.{k}={a}' for k, (a, _) in wrong.items())
+      + ' (and a tokenizer with those ids), or init_image_tower_only=True'
+    )
 
 
 def merge(params: dict, loaded: dict[str, Any]) -> dict:
   """params with the loaded arrays (by dotted name) put in their place."""
+
   def pick(path, leaf):
     name = '.'.join(checkpoint.key_name(k) for k in path)
     return loaded.get(name, leaf)
+
   return jax.tree_util.tree_map_with_path(pick, params)

@@ -27,16 +27,14 @@ def softmax_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, log_scal
   return 0.5 * (image_to_text + text_to_image)
 
 
-def sigmoid_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array,
-                             bias: jax.Array) -> jax.Array:
+def sigmoid_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array, bias: jax.Array) -> jax.Array:
   """SigLIP: -(1/B) sum_ij log sigmoid(z_ij (t F G^T + b)_ij), z = +1 on the diagonal, -1 elsewhere."""
   logits = jnp.exp(log_scale) * (image_emb.astype(jnp.float32) @ text_emb.astype(jnp.float32).T) + bias
   z = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
   return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / logits.shape[0]
 
 
-def caption_positions(ids: jax.Array, *, sot_id: int, eot_id: int, pad_id: int,
-                      mask_special: bool) -> jax.Array:
+def caption_positions(ids: jax.Array, *, sot_id: int, eot_id: int, pad_id: int, mask_special: bool) -> jax.Array:
   """Bool (B, L): positions holding the caption's own tokens.
 
   With mask_special, SOT, the first EOT and everything after it, and a trailing run of
@@ -68,8 +66,7 @@ def document_frequency(ids: jax.Array, bag: jax.Array, vocab_size: int) -> jax.A
   return jnp.zeros((vocab_size,), jnp.int32).at[ids.reshape(-1)].add(bag.reshape(-1).astype(jnp.int32))
 
 
-def token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array,
-                              token_weights: jax.Array) -> jax.Array:
+def token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array, token_weights: jax.Array) -> jax.Array:
   """Mean over the batch of -sum_c q_c log softmax(logits)_c with q = w y / sum(w y).
 
   `bag` marks each distinct caption token once; a caption with no weighted token has
@@ -78,8 +75,9 @@ def token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array,
   return jnp.mean(per_example_token_classification_loss(logits, ids, bag, token_weights))
 
 
-def per_example_token_classification_loss(logits: jax.Array, ids: jax.Array, bag: jax.Array,
-                                          token_weights: jax.Array) -> jax.Array:
+def per_example_token_classification_loss(
+  logits: jax.Array, ids: jax.Array, bag: jax.Array, token_weights: jax.Array
+) -> jax.Array:
   """(B,): -sum_c q_c log softmax(logits)_c per example; 0 for a caption with no weighted token."""
   logits = logits.astype(jnp.float32)
   w = jnp.where(bag, token_weights[ids], 0.0)
@@ -93,30 +91,31 @@ def per_example_token_classification_loss(logits: jax.Array, ids: jax.Array, bag
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
   """What the loss functions need to know beyond the model outputs."""
+
   contrastive: str = 'softmax'  # 'softmax' | 'sigmoid' | 'none'
   chunked: bool = False  # the ring variant of the contrastive loss (ring_loss.py)
   batch_axes: tuple[str, ...] = ()  # mesh axes the batch is split over (for the ring)
 
 
-def contrastive_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-                     opts: LossOptions) -> jax.Array:
+def contrastive_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array], opts: LossOptions) -> jax.Array:
   """The configured contrastive loss over the global batch of normalised embeddings."""
   del targets
   args = (outputs['image_embedding'], outputs['text_embedding'], outputs['logit_scale'])
   if opts.chunked and ring_loss.ring_size(opts.batch_axes) > 1:  # on one device the ring is the plain loss
-    return ring_loss.contrastive(*args, outputs.get('logit_bias'), kind=opts.contrastive,
-                                 batch_axes=opts.batch_axes)
+    return ring_loss.contrastive(*args, outputs.get('logit_bias'), kind=opts.contrastive, batch_axes=opts.batch_axes)
   if opts.contrastive == 'softmax':
     return softmax_contrastive_loss(*args)
   return sigmoid_contrastive_loss(*args, outputs['logit_bias'])
 
 
-def token_classification_per_example(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-                                     opts: LossOptions) -> jax.Array:
+def token_classification_per_example(
+  outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array], opts: LossOptions
+) -> jax.Array:
   """(B,) token classification loss of each example (its batch mean is L_cls)."""
   del opts
-  return per_example_token_classification_loss(outputs['token_logits'], targets['token_ids'], targets['bag'],
-                                               targets['token_weights'])
+  return per_example_token_classification_loss(
+    outputs['token_logits'], targets['token_ids'], targets['bag'], targets['token_weights']
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +125,7 @@ class LossTerm:
   Adding a loss means one entry here (and its weight key in config_defaults.py): the
   step, the metrics, the console line and the accumulation all read this table.
   """
+
   name: str  # its metric key, e.g. 'cls_loss'
   weight_key: str | None  # the config key of its weight ('loss.cls_weight'); None: weight 1
   applies: Callable[[Any], bool]  # given the ModelConfig: is the term part of this model's loss?
@@ -136,9 +136,8 @@ class LossTerm:
 
 
 LOSS_TERMS = (
-    LossTerm('contrastive_loss', None, lambda cfg: cfg.contrastive != 'none', batch_fn=contrastive_loss),
-    LossTerm('cls_loss', 'loss.cls_weight', lambda cfg: cfg.variant != 'clip',
-             per_example_fn=token_classification_per_example),
+  LossTerm('contrastive_loss', None, lambda cfg: cfg.contrastive != 'none', batch_fn=contrastive_loss),
+  LossTerm('cls_loss', 'loss.cls_weight', lambda cfg: cfg.variant != 'clip', per_example_fn=token_classification_per_example),
 )
 
 
@@ -159,8 +158,9 @@ def term_weights(config, model_cfg) -> dict[str, float]:
   return out
 
 
-def compute_terms(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array], terms, opts: LossOptions,
-                  per_example_only: bool = False) -> dict[str, jax.Array]:
+def compute_terms(
+  outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array], terms, opts: LossOptions, per_example_only: bool = False
+) -> dict[str, jax.Array]:
   """{name: loss} for the given terms; per-example terms as batch means.
 
   per_example_only: leave out batch-level terms (micro-batches compute those on the full batch).

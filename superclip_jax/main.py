@@ -17,21 +17,27 @@ from superclip_jax import allocator, cli
 from superclip_jax.errors import UserError, user_errors
 
 _CONFIG = cli.define_config_flag('Training config file (ml_collections).')
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                                '(required for training) Directory or gs:// / s3:// URL for metrics, checkpoints, exports.')
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, '(required for training) Directory or gs:// / s3:// URL for metrics, checkpoints, exports.'
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', ['auto', 'yes', 'no'],
-    "Start jax.distributed: 'auto' when a cluster (TPU VM, SLURM, Open MPI, K8s) or a coordinator is given.")
+  'distributed',
+  'auto',
+  ['auto', 'yes', 'no'],
+  "Start jax.distributed: 'auto' when a cluster (TPU VM, SLURM, Open MPI, K8s) or a coordinator is given.",
+)
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (or JAX_NUM_PROCESSES).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (or JAX_PROCESS_ID).')
-_INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
-                                     'Seconds to wait for every process to join before aborting.')
+_INIT_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300, 'Seconds to wait for every process to join before aborting.')
 _HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without a heartbeat before a peer counts as dead.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the train step and report its memory and FLOPs; no training.')
 _TOPOLOGY = flags.DEFINE_string(
-    'topology', None, "With --dry_run: compile for devices this machine lacks: a TPU topology such as 'v5e:16x16' "
-    "(the tpu extra) or GPU nodes such as 'h200:8' or 'h200:2x8' (the gpu extra); see compile_targets.py.")
+  'topology',
+  None,
+  "With --dry_run: compile for devices this machine lacks: a TPU topology such as 'v5e:16x16' "
+  "(the tpu extra) or GPU nodes such as 'h200:8' or 'h200:2x8' (the gpu extra); see compile_targets.py.",
+)
 _DRY_RUN_DIR = flags.DEFINE_string('dry_run_dir', None, 'With --dry_run: write report.json and step.hlo.txt here.')
 
 
@@ -42,18 +48,28 @@ def main(argv):
     config = cli.config_value(_CONFIG, training=not _DRY_RUN.value)
     if _DRY_RUN.value:
       from superclip_jax import dry_run
+
       report = dry_run.run(config, topology=_TOPOLOGY.value, out_dir=_DRY_RUN_DIR.value)
       sys.exit(0 if report['fits'] else 1)
     if not _WORKDIR.value:
       raise UserError('--workdir is required (a directory or gs:// / s3:// URL for checkpoints and metrics)')
     from superclip_jax import runtime
-    runtime.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                       _INIT_TIMEOUT.value, _HEARTBEAT.value)
+
+    runtime.initialize(
+      _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value
+    )
     import jax
 
     from superclip_jax import checkpoint, train
-    logging.info('process %d/%d, %d local devices (%s), malloc %s', jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.devices()[0].platform, allocator.in_use())
+
+    logging.info(
+      'process %d/%d, %d local devices (%s), malloc %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.devices()[0].platform,
+      allocator.in_use(),
+    )
     try:
       train.run(config, _WORKDIR.value)
     except checkpoint.Preempted as e:

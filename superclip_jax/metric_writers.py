@@ -69,8 +69,7 @@ def _read_rows(workdir: str) -> tuple[list[dict[str, Any]], int]:
     except ValueError:
       row = None
     if not isinstance(row, dict):
-      logging.warning('%s line %d is not a metrics row (torn by an interrupted write?); dropped: %.80s', path,
-                      number, line)
+      logging.warning('%s line %d is not a metrics row (torn by an interrupted write?); dropped: %.80s', path, number, line)
       dropped += 1
       continue
     rows.append(row)
@@ -104,8 +103,7 @@ class JsonlWriter(MetricWriter):
       self._dirty = True
 
   def write_hparams(self, hparams):
-    storage.write_text(storage.join(os.path.dirname(self.path), CONFIG_FILE),
-                       json.dumps(hparams, indent=2, default=str))
+    storage.write_text(storage.join(os.path.dirname(self.path), CONFIG_FILE), json.dumps(hparams, indent=2, default=str))
 
   def flush(self):
     if self._file is not None:
@@ -126,6 +124,7 @@ class TensorBoardWriter(MetricWriter):
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
+
     self.workdir = workdir
     self.remote = storage.is_remote(workdir)
     self._staging = tempfile.mkdtemp(prefix='superclip_tb_') if self.remote else None
@@ -153,11 +152,19 @@ class TensorBoardWriter(MetricWriter):
 class WandbWriter(MetricWriter):
   """Rows to a Weights & Biases run (config.wandb.project; `pip install superclip_jax[wandb]`)."""
 
-  def __init__(self, project: str, entity: str = '', name: str = '', config: Mapping[str, Any] | None = None,
-               resume_id: str | None = None):
+  def __init__(
+    self, project: str, entity: str = '', name: str = '', config: Mapping[str, Any] | None = None, resume_id: str | None = None
+  ):
     import wandb
-    self._run = wandb.init(project=project, entity=entity or None, name=name or None, config=dict(config or {}),
-                           id=resume_id, resume='allow' if resume_id else None)
+
+    self._run = wandb.init(
+      project=project,
+      entity=entity or None,
+      name=name or None,
+      config=dict(config or {}),
+      id=resume_id,
+      resume='allow' if resume_id else None,
+    )
 
   @property
   def run_id(self) -> str:

@@ -45,8 +45,16 @@ class Throughput:
   resume still averages the whole window (its timing comes from two processes' clocks).
   """
 
-  def __init__(self, global_batch_size: int, total_steps: int, start_step: int, flops_per_step: float = 0.0,
-               peak_flops: float = 0.0, elapsed: float = 0.0, untimed_steps: int = 0):
+  def __init__(
+    self,
+    global_batch_size: int,
+    total_steps: int,
+    start_step: int,
+    flops_per_step: float = 0.0,
+    peak_flops: float = 0.0,
+    elapsed: float = 0.0,
+    untimed_steps: int = 0,
+  ):
     # untimed_steps: steps of the window whose time `elapsed` does not hold (a resumed run's
     # first step, which compiles): left out of the first row's count, not counted as free.
     self.untimed = untimed_steps
@@ -60,8 +68,7 @@ class Throughput:
 
   def state(self, step: int) -> dict[str, Any]:
     """What a checkpoint at `step` keeps: the window's start and the time already spent in it."""
-    return {'last_step': self.last_step, 'elapsed': self.elapsed_before + time.perf_counter() - self.last_time,
-            'step': step}
+    return {'last_step': self.last_step, 'elapsed': self.elapsed_before + time.perf_counter() - self.last_time, 'step': step}
 
   def update(self, step: int) -> dict[str, float]:
     now = time.perf_counter()
@@ -71,8 +78,11 @@ class Throughput:
     if steps <= 0:  # a row right after a resume's first step: no timed step yet
       return {}
     steps_per_sec = steps / dt
-    row = {'steps_per_sec': steps_per_sec, 'images_per_sec': steps_per_sec * self.batch,
-           'eta_seconds': (self.total - step) / steps_per_sec}
+    row = {
+      'steps_per_sec': steps_per_sec,
+      'images_per_sec': steps_per_sec * self.batch,
+      'eta_seconds': (self.total - step) / steps_per_sec,
+    }
     if self.flops_per_step:
       row['model_tflops_per_sec'] = self.flops_per_step * steps_per_sec / 1e12
       if self.peak_flops:

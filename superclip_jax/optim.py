@@ -25,8 +25,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
     main = optax.constant_schedule(o.learning_rate)
   else:
     main = optax.cosine_decay_schedule(
-        o.learning_rate, decay_steps=max(total_steps - warmup, 1),
-        alpha=o.end_learning_rate / o.learning_rate if o.learning_rate else 0.0)
+      o.learning_rate,
+      decay_steps=max(total_steps - warmup, 1),
+      alpha=o.end_learning_rate / o.learning_rate if o.learning_rate else 0.0,
+    )
   if warmup == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), main], [warmup])
@@ -39,16 +41,18 @@ def path_names(params: Mapping) -> dict:
   apply to the annotated parameters its state shardings are derived from.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params,
-      is_leaf=lambda x: isinstance(x, sharding.Logical))
+    lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params, is_leaf=lambda x: isinstance(x, sharding.Logical)
+  )
 
 
 def weight_decay_mask(params: Mapping, logical_axes: Mapping) -> dict:
   """True for matrices (>= 2 dims once a stacked 'layers' axis is discounted), except norms and biases."""
+
   def decide(path, axes, _):
     leaf = str(getattr(path[-1], 'key', path[-1]))
     real_dims = [a for a in axes if a != layers.LAYERS]
     return len(real_dims) >= 2 and leaf not in _NO_DECAY_NAMES
+
   return jax.tree_util.tree_map_with_path(decide, logical_axes, params, is_leaf=lambda x: isinstance(x, tuple))
 
 
@@ -58,8 +62,9 @@ def frozen_mask(params: Mapping, pattern: str) -> dict:
   return jax.tree.map(lambda name: bool(regex.fullmatch(name)), path_names(params))
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params: Mapping, logical_axes: Mapping,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  config: ml_collections.ConfigDict, params: Mapping, logical_axes: Mapping, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer (AdamW, betas (0.9, 0.98), eps 1e-6 by default) and its schedule."""
   o = config.optim
   schedule = learning_rate_schedule(config, total_steps)
@@ -72,8 +77,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Mapping, logical_a
     # Looked up by path, so it also fits the partial trees multi_transform passes when freezing.
     return jax.tree.map(lambda name: decay[name], path_names(tree))
 
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=decay_mask))
+  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask))
   tx = optax.chain(*parts)
   if o.frozen:
     frozen = frozen_mask(params, o.frozen)

@@ -34,8 +34,7 @@ def resolve(config: ml_collections.ConfigDict, platform: str) -> ml_collections.
     if config.model.attention == 'auto':
       cfg = ModelConfig.from_config(config)
       towers = [t for t in (cfg.image, cfg.text) if t is not None]
-      choices = {layers.attention_implementation('auto', platform, cfg.compute_dtype, t.width // t.heads)
-                 for t in towers}
+      choices = {layers.attention_implementation('auto', platform, cfg.compute_dtype, t.width // t.heads) for t in towers}
       # One setting for both towers: cuDNN only where it takes both.
       config.model.attention = 'cudnn' if choices == {'cudnn'} else 'xla'
   return config

@@ -23,10 +23,10 @@ from superclip_jax import losses, metric_writers, storage
 from superclip_jax.errors import UserError, user_errors
 
 _TRAIN_PANELS = (
-    ('losses', ('loss', *(t.name for t in losses.LOSS_TERMS))),
-    ('temperature (logit scale)', ('logit_scale',)),
-    ('learning rate', ('learning_rate',)),
-    ('throughput (images/s)', ('images_per_sec',)),
+  ('losses', ('loss', *(t.name for t in losses.LOSS_TERMS))),
+  ('temperature (logit scale)', ('logit_scale',)),
+  ('learning rate', ('learning_rate',)),
+  ('throughput (images/s)', ('images_per_sec',)),
 )
 # Evaluation keys are KIND/NAME/METRIC; these METRICs are a chosen setting or a timing, not a result.
 _NOT_RESULTS = ('seconds', 'weight_decay')
@@ -58,6 +58,7 @@ def _family_title(family: str) -> str:
 
 def panels(runs: dict[str, list[dict[str, Any]]]) -> list[Panel]:
   """The panels to draw: curves with at least two steps in some run, then the final-metrics table."""
+
   def steps_of(key):
     return max(len(_series(rows, key)[0]) for rows in runs.values())
 
@@ -123,8 +124,10 @@ def _draw_curves(ax, panel: Panel, runs: dict[str, list[dict[str, Any]]]) -> Non
 def plot(workdirs: list[str], out: str | None = None) -> str:
   """Write the PNG; returns its path."""
   import matplotlib
+
   matplotlib.use('Agg')  # no display needed
   import matplotlib.pyplot as plt
+
   runs = {}
   for w in workdirs:
     rows = metric_writers.read_rows(w)
@@ -137,7 +140,7 @@ def plot(workdirs: list[str], out: str | None = None) -> str:
   fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.4 * rows_n), squeeze=False)
   for ax, panel in zip(axes.flat, chosen):
     (_draw_table if panel.kind == 'table' else _draw_curves)(ax, panel, runs)
-  for ax in list(axes.flat)[len(chosen):]:
+  for ax in list(axes.flat)[len(chosen) :]:
     ax.axis('off')
   fig.tight_layout()
   out = out or storage.join(workdirs[0], 'curves.png')
@@ -151,8 +154,9 @@ def plot(workdirs: list[str], out: str | None = None) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.plot', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.plot', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', default=None, help='PNG path (default: the first WORKDIR/curves.png)')
   args = parser.parse_args(argv)

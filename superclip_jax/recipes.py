@@ -19,8 +19,16 @@ import ml_collections
 from superclip_jax import config_defaults
 from superclip_jax.evals.registry import evaluator
 
-ARGS = {'data': str, 'imagenet': str, 'imagenet_v2': str, 'coco': str, 'flickr': str, 'probe_train': str,
-        'bs': int, 'eval_every': int}
+ARGS = {
+  'data': str,
+  'imagenet': str,
+  'imagenet_v2': str,
+  'coco': str,
+  'flickr': str,
+  'probe_train': str,
+  'bs': int,
+  'eval_every': int,
+}
 EVAL_EVERY = 5000
 
 
@@ -41,6 +49,7 @@ def apply(config: ml_collections.ConfigDict, arg: str, where: str, text_tower: b
     if text_tower and args.get(name):
       config.evals[name] = evaluator(kind='retrieval', shards=args[name], every_steps=every, batch_size=1024)
   if args.get('probe_train') and args.get('imagenet'):
-    config.evals.linear_probe = evaluator(kind='linear_probe', shards=args['imagenet'],
-                                          train_shards=args['probe_train'], every_steps=every, batch_size=1024)
+    config.evals.linear_probe = evaluator(
+      kind='linear_probe', shards=args['imagenet'], train_shards=args['probe_train'], every_steps=every, batch_size=1024
+    )
   return config

@@ -43,8 +43,9 @@ def _varying(x: jax.Array, axes) -> jax.Array:
   return jax.lax.pvary(x, axes)  # older jax
 
 
-def contrastive(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array, bias: jax.Array | None,
-                *, kind: str, batch_axes) -> jax.Array:
+def contrastive(
+  image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array, bias: jax.Array | None, *, kind: str, batch_axes
+) -> jax.Array:
   """The softmax or sigmoid contrastive loss over the global batch, computed round a ring of at least two
   devices (losses.contrastive_loss computes the one-device case plainly)."""
   axes, n = _ring_axes(batch_axes)

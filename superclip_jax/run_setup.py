@@ -36,8 +36,15 @@ class RunSetup:
   shardings: Any = None  # of the train state, or of the params for inference
 
 
-def prepare(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] | None = None, training: bool = True,
-            idf_from_data: bool = True, model_cfg: ModelConfig | None = None, inference: bool = False) -> RunSetup:
+def prepare(
+  config: ml_collections.ConfigDict,
+  *,
+  devices: Sequence[jax.Device] | None = None,
+  training: bool = True,
+  idf_from_data: bool = True,
+  model_cfg: ModelConfig | None = None,
+  inference: bool = False,
+) -> RunSetup:
   """Everything a run builds before its first step.
 
   devices: default jax.devices() (dry_run passes a topology's abstract devices).
@@ -58,8 +65,7 @@ def prepare(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] 
   if inference:
     model_def = ModelDef(model_cfg.for_inference(), seed=config.seed)
     shardings = sharding.tree_shardings(model_def.logical_axes(), model_def.shapes(), mesh, rules)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), model_def.shapes(),
-                          shardings)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), model_def.shapes(), shardings)
     return RunSetup(config, mesh, rules, model_def, target=target, shardings=shardings)
   sharding.check_batch_divides(config.data.global_batch_size, mesh)
   model_def = ModelDef(model_cfg, seed=config.seed)
@@ -68,6 +74,7 @@ def prepare(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] 
   offline_stats = None
   if idf_from_data:
     from superclip_jax.data import inputs
+
     offline_stats = inputs.offline_idf_stats_path(config)
   counts = train_state.initial_idf_counts(config, model_def.cfg.variant, offline_stats, shapes_only=not idf_from_data)
   target, shardings = train_state.abstract_train_state(model_def, tx, counts, mesh, rules)

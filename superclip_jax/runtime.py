@@ -20,13 +20,13 @@ from absl import logging
 
 from superclip_jax.errors import UserError
 
-ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_NUM_PROCESSES',
-       'process_id': 'JAX_PROCESS_ID'}
+ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_NUM_PROCESSES', 'process_id': 'JAX_PROCESS_ID'}
 
 
 def detected_cluster() -> str | None:
   """The name of the cluster environment JAX detects here (e.g. 'SlurmCluster'), or None."""
   from jax._src.clusters import ClusterEnv  # JAX's own detection; no public API lists it
+
   for env in ClusterEnv._cluster_types:  # pylint: disable=protected-access
     try:
       if not getattr(env, 'opt_in_only_method', False) and env.is_env_present():
@@ -36,8 +36,7 @@ def detected_cluster() -> str | None:
   return None
 
 
-def explicit_settings(coordinator_address: str | None, num_processes: int | None,
-                      process_id: int | None) -> dict[str, object]:
+def explicit_settings(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> dict[str, object]:
   """The settings given by flag or environment variable (flags win)."""
   given = {'coordinator_address': coordinator_address, 'num_processes': num_processes, 'process_id': process_id}
   for key, var in ENV.items():
@@ -56,13 +55,21 @@ def _check_port_free(address: str) -> None:
     try:
       s.bind(('0.0.0.0', int(port)))
     except OSError as e:
-      raise UserError(f'coordinator port {port} is in use on this host ({e.strerror}): '
-                      'another job holds it; choose another --coordinator_address port') from e
+      raise UserError(
+        f'coordinator port {port} is in use on this host ({e.strerror}): '
+        'another job holds it; choose another --coordinator_address port'
+      ) from e
 
 
-def initialize(mode: str = 'auto', coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300, heartbeat_timeout_s: int = 100,
-               local_device_ids: Sequence[int] | None = None) -> bool:
+def initialize(
+  mode: str = 'auto',
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout_s: int = 300,
+  heartbeat_timeout_s: int = 100,
+  local_device_ids: Sequence[int] | None = None,
+) -> bool:
   """Start jax.distributed as `mode` ('auto' | 'yes' | 'no') says; returns whether it did."""
   if mode == 'no':
     return False
@@ -70,21 +77,30 @@ def initialize(mode: str = 'auto', coordinator_address: str | None = None, num_p
   cluster = detected_cluster()
   if given and cluster is None and len(given) < 3:
     missing = [f'--{k} (or {ENV[k]})' for k in ENV if k not in given]
-    raise UserError(f'a multi-process run needs all of --coordinator_address, --num_processes and --process_id '
-                    f'when no cluster is detected; got {sorted(given)}, missing {", ".join(missing)}')
+    raise UserError(
+      f'a multi-process run needs all of --coordinator_address, --num_processes and --process_id '
+      f'when no cluster is detected; got {sorted(given)}, missing {", ".join(missing)}'
+    )
   if not given and cluster is None:
     if mode == 'yes':
-      raise UserError('--distributed=yes but no cluster was detected (TPU VM, SLURM, Open MPI, Kubernetes) and '
-                      'no --coordinator_address, --num_processes, --process_id were given')
+      raise UserError(
+        '--distributed=yes but no cluster was detected (TPU VM, SLURM, Open MPI, Kubernetes) and '
+        'no --coordinator_address, --num_processes, --process_id were given'
+      )
     return False
   if given.get('num_processes') is not None and not 0 <= int(given.get('process_id', 0)) < int(given['num_processes']):
-    raise UserError(f"--process_id={given.get('process_id')} is outside 0..{int(given['num_processes']) - 1}")
+    raise UserError(f'--process_id={given.get("process_id")} is outside 0..{int(given["num_processes"]) - 1}')
   if given.get('coordinator_address') and given.get('process_id') == 0:
     _check_port_free(str(given['coordinator_address']))
   import jax
+
   logging.info('starting jax.distributed (%s)', cluster or 'explicit coordinator')
-  jax.distributed.initialize(coordinator_address=given.get('coordinator_address'),
-                             num_processes=given.get('num_processes'), process_id=given.get('process_id'),
-                             local_device_ids=local_device_ids, initialization_timeout=int(timeout_s),
-                             heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+  jax.distributed.initialize(
+    coordinator_address=given.get('coordinator_address'),
+    num_processes=given.get('num_processes'),
+    process_id=given.get('process_id'),
+    local_device_ids=local_device_ids,
+    initialization_timeout=int(timeout_s),
+    heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+  )
   return True

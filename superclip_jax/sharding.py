@@ -75,8 +75,7 @@ def batch_axes(rules: Rules) -> tuple[str, ...]:
   return _table(rules).get('batch', ())
 
 
-def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None, mesh: Mesh,
-                    rules: Rules, name: str = '') -> P:
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None, mesh: Mesh, rules: Rules, name: str = '') -> P:
   """PartitionSpec for one array; a dimension the mapped mesh axes do not divide is replicated."""
   table = _table(rules)
   used: set[str] = set()
@@ -85,8 +84,9 @@ def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None, 
     names = table.get(axis, ()) if axis is not None else ()
     names = tuple(a for a in names if a not in used and mesh.shape.get(a, 1) > 1)
     if names and shape is not None and shape[i] % math.prod(mesh.shape[a] for a in names):
-      logging.log_first_n(logging.INFO, 'replicating %s dim %d (%s): not divisible by mesh axes %s',
-                          10, name, shape[i], axis, names)
+      logging.log_first_n(
+        logging.INFO, 'replicating %s dim %d (%s): not divisible by mesh axes %s', 10, name, shape[i], axis, names
+      )
       names = ()
     used.update(names)
     spec.append(names[0] if len(names) == 1 else (names or None))
@@ -134,8 +134,10 @@ def check_batch_divides(global_batch: int, mesh: Mesh, what: str = 'data.global_
   """The global batch must split into equal rows per device (and so per process)."""
   devices = mesh.devices.size
   if global_batch % devices:
-    raise UserError(f'{what}={global_batch} does not divide over the {devices} devices of mesh '
-                    f'{dict(mesh.shape)} ({jax.process_count()} processes): use a multiple of {devices}')
+    raise UserError(
+      f'{what}={global_batch} does not divide over the {devices} devices of mesh '
+      f'{dict(mesh.shape)} ({jax.process_count()} processes): use a multiple of {devices}'
+    )
 
 
 def local_rows(global_batch: int, mesh: Mesh) -> list[tuple[int, int]]:
@@ -146,8 +148,7 @@ def local_rows(global_batch: int, mesh: Mesh) -> list[tuple[int, int]]:
   """
   check_batch_divides(global_batch, mesh)
   index_map = input_sharding(mesh).addressable_devices_indices_map((global_batch,))
-  ranges = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch)
-                   for s in index_map.values()})
+  ranges = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch) for s in index_map.values()})
   merged: list[tuple[int, int]] = []
   for start, stop in ranges:
     if merged and merged[-1][1] == start:
@@ -172,8 +173,10 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, global_size: int) 
 
 def tree_shardings(logical_tree: Mapping, shape_tree: Mapping, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for a pure dict of arrays, given the matching dict of logical axes."""
+
   def one(path, axes, sds):
     return NamedSharding(mesh, logical_to_spec(axes, sds.shape, mesh, rules, jax.tree_util.keystr(path)))
+
   return jax.tree_util.tree_map_with_path(one, logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
@@ -200,15 +203,15 @@ class Logical:
 
 def annotate(tree: Mapping, logical_tree: Mapping) -> Any:
   """Wrap every leaf of a pure dict in `Logical` with its axes."""
-  return jax.tree.map(lambda axes, x: Logical(x, axes), logical_tree, tree,
-                      is_leaf=lambda x: isinstance(x, tuple))
+  return jax.tree.map(lambda axes, x: Logical(x, axes), logical_tree, tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def shardings_from_annotations(tree: Any, mesh: Mesh, rules: Rules) -> Any:
   """Shardings for a tree built from annotated leaves: annotated ones by their axes, others replicated."""
+
   def one(x):
     if isinstance(x, Logical):
       return NamedSharding(mesh, logical_to_spec(x.axes, getattr(x.value, 'shape', None), mesh, rules))
     return replicated(mesh)
-  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, Logical))
 
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, Logical))

@@ -67,10 +67,12 @@ def upload(local_path: str, path: str) -> None:
   """Copy a local file to path (a URL, or a local path) without reading it into memory."""
   if not is_remote(path):
     import shutil
+
     os.makedirs(os.path.dirname(absolute(path)) or '.', exist_ok=True)
     shutil.copyfile(local_path, absolute(path))
     return
   import fsspec
+
   fs, target = fsspec.core.url_to_fs(path)
   fs.put_file(local_path, target)
 

@@ -37,37 +37,43 @@ class DegradedRun(UserError):
   """Too many updates dropped as non-finite, or too many examples replaced as undecodable."""
 
 
-def check_degradation(config: ml_collections.ConfigDict, done: int, skipped_updates: int, replaced: int,
-                      read: int) -> None:
+def check_degradation(config: ml_collections.ConfigDict, done: int, skipped_updates: int, replaced: int, read: int) -> None:
   """Stop a run that would otherwise finish with exit 0 having mostly not trained, or not on its data.
 
   `replaced` and `read` are examples over every process. Each limit is a fraction with a floor
   (10 updates, 100 examples), so a short run is not stopped by a handful of bad steps or images.
   """
   if config.nonfinite == 'skip' and skipped_updates > max(10, config.nonfinite_max_skipped * done):
-    raise DegradedRun(f'{skipped_updates} of {done} updates were dropped as non-finite (more than '
-                      f'nonfinite_max_skipped={config.nonfinite_max_skipped:g}): lower the learning rate, or raise '
-                      'the limit')
+    raise DegradedRun(
+      f'{skipped_updates} of {done} updates were dropped as non-finite (more than '
+      f'nonfinite_max_skipped={config.nonfinite_max_skipped:g}): lower the learning rate, or raise '
+      'the limit'
+    )
   if replaced > max(100, config.data.max_replaced_fraction * read):
-    raise DegradedRun(f'{replaced} of {read} examples read were undecodable and replaced (more than '
-                      f'data.max_replaced_fraction={config.data.max_replaced_fraction:g}): rebuild the shards '
-                      '(python -m superclip_jax.data.build) or raise the limit')
+    raise DegradedRun(
+      f'{replaced} of {read} examples read were undecodable and replaced (more than '
+      f'data.max_replaced_fraction={config.data.max_replaced_fraction:g}): rebuild the shards '
+      '(python -m superclip_jax.data.build) or raise the limit'
+    )
 
 
-def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int,
-             loop: dict) -> metric_writers.MultiWriter:
+def _writers(config: ml_collections.ConfigDict, workdir: str, start_step: int, loop: dict) -> metric_writers.MultiWriter:
   """metrics.jsonl + TensorBoard (+ W&B) on process 0; nothing on the others."""
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
   jsonl = metric_writers.JsonlWriter(workdir, resume_step=start_step)
   if start_step and jsonl.dropped:
-    logging.info('%d metric rows logged after step %d dropped (the run went on past its last checkpoint)',
-                 jsonl.dropped, start_step)
+    logging.info(
+      '%d metric rows logged after step %d dropped (the run went on past its last checkpoint)', jsonl.dropped, start_step
+    )
   writers: list[metric_writers.MetricWriter] = [jsonl, metric_writers.TensorBoardWriter(workdir)]
   if config.wandb.project:
     name = config.wandb.name or storage.absolute(workdir).rstrip('/').split('/')[-1]
-    writers.append(metric_writers.WandbWriter(config.wandb.project, config.wandb.entity, name, config.to_dict(),
-                                              resume_id=loop.get('wandb_id')))
+    writers.append(
+      metric_writers.WandbWriter(
+        config.wandb.project, config.wandb.entity, name, config.to_dict(), resume_id=loop.get('wandb_id')
+      )
+    )
   return metric_writers.MultiWriter(writers)
 
 
@@ -89,8 +95,13 @@ def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
   tx, schedule, idf_counts, target, shardings = setup.tx, setup.schedule, setup.idf_counts, setup.target, setup.shardings
   total_steps, global_batch = setup.total_steps, config.data.global_batch_size
   logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(), jax.process_count())
-  logging.info('model %s: %.2fM parameters; %d steps of %d samples', model_def.cfg.variant,
-               count_params(model_def.shapes()) / 1e6, total_steps, global_batch)
+  logging.info(
+    'model %s: %.2fM parameters; %d steps of %d samples',
+    model_def.cfg.variant,
+    count_params(model_def.shapes()) / 1e6,
+    total_steps,
+    global_batch,
+  )
 
   # ---- Restore: the newest usable checkpoint, else a fresh state (weights-only init) -------
   ckpt = checkpoint.Checkpointer(workdir, config)
@@ -101,8 +112,7 @@ def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
   else:
     state, _ = train_state.create_train_state(model_def, tx, idf_counts, mesh, rules)
     if config.init_from:
-      loaded, _ = init_from.restore_params(config.init_from, target.params, config.init_image_tower_only,
-                                           model_cfg=model_def.cfg)
+      loaded, _ = init_from.restore_params(config.init_from, target.params, config.init_image_tower_only, model_cfg=model_def.cfg)
       state = state.replace(params=init_from.merge(state.params, loaded))
   start_step = int(jax.device_get(state.step))
   if start_step >= total_steps:
@@ -139,8 +149,12 @@ def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
   t_start = time.perf_counter()
 
   def loop_state(done: int) -> dict[str, Any]:
-    out = {'data': data.get_state(), 'metrics': metrics.accumulator_state(accumulated),
-           'throughput': throughput.state(done) if throughput else clock, 'skipped_examples': skipped_examples}
+    out = {
+      'data': data.get_state(),
+      'metrics': metrics.accumulator_state(accumulated),
+      'throughput': throughput.state(done) if throughput else clock,
+      'skipped_examples': skipped_examples,
+    }
     wandb = [w for w in writer.writers if isinstance(w, metric_writers.WandbWriter)]
     if wandb:
       out['wandb_id'] = wandb[0].run_id
@@ -166,15 +180,22 @@ def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
           jax.block_until_ready(state.step)
           jax.profiler.stop_trace()
           profiling = False
-          logging.info('profile of steps %d-%d written to %s', config.profile.first_step + 1, done,
-                       storage.join(workdir, 'profile'))
+          logging.info(
+            'profile of steps %d-%d written to %s', config.profile.first_step + 1, done, storage.join(workdir, 'profile')
+          )
         if throughput is None:
           # The first step includes compilation: time the rest only.
           jax.block_until_ready(state.step)
           logging.info('first step (with compilation) took %.1fs', time.perf_counter() - t_start)
-          throughput = metrics.Throughput(global_batch, total_steps, clock.get('last_step', done), flops_per_step,
-                                          peak or 0.0, elapsed=clock.get('elapsed', 0.0),
-                                          untimed_steps=1 if 'last_step' in clock else 0)
+          throughput = metrics.Throughput(
+            global_batch,
+            total_steps,
+            clock.get('last_step', done),
+            flops_per_step,
+            peak or 0.0,
+            elapsed=clock.get('elapsed', 0.0),
+            untimed_steps=1 if 'last_step' in clock else 0,
+          )
         stop = preemption.should_stop(done)
         boundary = done % config.log_every_steps == 0 or done == total_steps
         saving = stop or ckpt.due(done, total_steps)
@@ -190,8 +211,7 @@ def _train(setup: run_setup.RunSetup, workdir: str) -> list[dict[str, Any]]:
           writer.write_scalars(done, row)
           metrics.log_console(metrics.console_line(done, total_steps, row))
           history.append({'step': done, **row})
-          check_degradation(config, done, row['nonfinite_updates'], _over_processes(skipped_examples),
-                            done * global_batch)
+          check_degradation(config, done, row['nonfinite_updates'], _over_processes(skipped_examples), done * global_batch)
         if saving:
           writer.flush()
           ckpt.save(done, state, loop_state(done), config)
@@ -227,8 +247,7 @@ def _already_complete(workdir: str, ckpt: checkpoint.Checkpointer, step: int) ->
   ckpt.close()
   history = metric_writers.read_rows(workdir)
   if jax.process_index() == 0:
-    logging.info('already complete at step %d (%s); raise --config.total_steps to train further',
-                 step, ckpt.path(step))
+    logging.info('already complete at step %d (%s); raise --config.total_steps to train further', step, ckpt.path(step))
     if history:
       logging.info('%s', summary_table(history))
   return history
@@ -240,6 +259,7 @@ def _over_processes(count: int) -> int:
     return count
   import numpy as np
   from jax.experimental import multihost_utils
+
   return int(np.sum(multihost_utils.process_allgather(np.asarray([count], np.int64))))
 
 
@@ -252,8 +272,7 @@ def summary_table(history: list[dict[str, Any]]) -> str:
   keys = [k for k in sorted(final) if k not in skip and not k.endswith('/seconds')]
   width = max(len(k) for k in keys) if keys else 0
   lines = [f'final metrics (step {history[-1]["step"]}):']
-  lines += [f'  {k:<{width}}  {final[k]:.4f}' if isinstance(final[k], float) else f'  {k:<{width}}  {final[k]}'
-            for k in keys]
+  lines += [f'  {k:<{width}}  {final[k]:.4f}' if isinstance(final[k], float) else f'  {k:<{width}}  {final[k]}' for k in keys]
   return '\n'.join(lines)
 
 
@@ -262,10 +281,15 @@ def _check_finite(state, config: ml_collections.ConfigDict, ckpt: checkpoint.Che
   bad_step = int(jax.device_get(state.first_nonfinite_step))
   if bad_step >= 0 and config.nonfinite == 'stop':
     good = ckpt.last_verified()
-    where = (f'the last good checkpoint is {good}' if good else
-             'no checkpoint of this run is known good (none saved by it, or restored with matching fingerprints)')
-    raise NonFiniteError(f'non-finite loss or gradient at step {bad_step}; {where}. '
-                         "Lower the learning rate, or set --config.nonfinite=skip to drop such updates.")
+    where = (
+      f'the last good checkpoint is {good}'
+      if good
+      else 'no checkpoint of this run is known good (none saved by it, or restored with matching fingerprints)'
+    )
+    raise NonFiniteError(
+      f'non-finite loss or gradient at step {bad_step}; {where}. '
+      'Lower the learning rate, or set --config.nonfinite=skip to drop such updates.'
+    )
 
 
 __all__ = ['run', 'NonFiniteError', 'DegradedRun', 'UserError', 'summary_table']

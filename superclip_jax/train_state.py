@@ -31,8 +31,9 @@ class TrainState:
   first_nonfinite_step: jax.Array  # int32: the first such step (counted from 1, as logged), -1 if none
 
 
-def initial_idf_counts(config: ml_collections.ConfigDict, variant: str, offline_stats: str | None = None,
-                       shapes_only: bool = False) -> dict[str, np.ndarray]:
+def initial_idf_counts(
+  config: ml_collections.ConfigDict, variant: str, offline_stats: str | None = None, shapes_only: bool = False
+) -> dict[str, np.ndarray]:
   """Zero counts for online IDF, the dataset's counts for offline IDF, nothing otherwise.
 
   offline_stats: the .npz of document frequencies (default config.loss.idf_offline_stats).
@@ -44,12 +45,14 @@ def initial_idf_counts(config: ml_collections.ConfigDict, variant: str, offline_
     path = offline_stats or config.loss.idf_offline_stats
     try:
       from etils import epath
+
       with epath.Path(path).open('rb') as f:
         stats = np.load(f)
         doc_freq, num_samples = stats['doc_freq'], int(stats['num_samples'])
     except (OSError, KeyError, ValueError) as e:
-      raise UserError(f'cannot read offline IDF statistics from {path!r} '
-                      "(an .npz with 'doc_freq' (V,) and 'num_samples'): " + str(e)) from e
+      raise UserError(
+        f"cannot read offline IDF statistics from {path!r} (an .npz with 'doc_freq' (V,) and 'num_samples'): " + str(e)
+      ) from e
     if doc_freq.shape != (config.model.vocab_size,):
       raise UserError(f'{path}: doc_freq has shape {doc_freq.shape}, model vocab is {config.model.vocab_size}')
     return jax.tree.map(np.asarray, idf.from_ints(num_samples, doc_freq))
@@ -59,15 +62,19 @@ def initial_idf_counts(config: ml_collections.ConfigDict, variant: str, offline_
 def _init_fn(model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict):
   def init():
     params = model_def.init()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      idf_counts=jax.tree.map(jnp.asarray, idf_counts),
-                      nonfinite_updates=jnp.zeros((), jnp.int32),
-                      first_nonfinite_step=jnp.full((), -1, jnp.int32))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      idf_counts=jax.tree.map(jnp.asarray, idf_counts),
+      nonfinite_updates=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
   return init
 
 
-def state_shardings(abstract: TrainState, model_def: ModelDef, tx: optax.GradientTransformation,
-                    mesh: Mesh, rules) -> TrainState:
+def state_shardings(abstract: TrainState, model_def: ModelDef, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
   """Shardings for every leaf, all from the parameters' logical axes.
 
   The optimizer is initialised (abstractly) on parameters annotated with their axes, so
@@ -79,13 +86,19 @@ def state_shardings(abstract: TrainState, model_def: ModelDef, tx: optax.Gradien
   annotated = jax.eval_shape(tx.init, sharding.annotate(abstract.params, logical))
   opt_sh = sharding.shardings_from_annotations(annotated, mesh, rules)
   rep = sharding.replicated(mesh)
-  return TrainState(step=rep, params=param_sh, opt_state=opt_sh,
-                    idf_counts=jax.tree.map(lambda _: rep, abstract.idf_counts),
-                    nonfinite_updates=rep, first_nonfinite_step=rep)
+  return TrainState(
+    step=rep,
+    params=param_sh,
+    opt_state=opt_sh,
+    idf_counts=jax.tree.map(lambda _: rep, abstract.idf_counts),
+    nonfinite_updates=rep,
+    first_nonfinite_step=rep,
+  )
 
 
-def abstract_train_state(model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict,
-                         mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+def abstract_train_state(
+  model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict, mesh: Mesh, rules
+) -> tuple[TrainState, TrainState]:
   """(ShapeDtypeStructs carrying their shardings, the shardings): nothing allocated."""
   abstract = jax.eval_shape(_init_fn(model_def, tx, idf_counts))
   shardings = state_shardings(abstract, model_def, tx, mesh, rules)
@@ -93,8 +106,9 @@ def abstract_train_state(model_def: ModelDef, tx: optax.GradientTransformation, 
   return target, shardings
 
 
-def create_train_state(model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict,
-                       mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+def create_train_state(
+  model_def: ModelDef, tx: optax.GradientTransformation, idf_counts: dict, mesh: Mesh, rules
+) -> tuple[TrainState, TrainState]:
   """Initialise the state inside jit with sharded outputs: no host ever holds the full model (the
   ModelDef carries the seed)."""
   _, shardings = abstract_train_state(model_def, tx, idf_counts, mesh, rules)

@@ -37,8 +37,12 @@ def _token_targets(config: ml_collections.ConfigDict, cfg, state: TrainState, ba
   tok = config.tokenizer
   # The long caption (the paper's "Dual" setting) feeds only the classifier when present.
   ids = batch.get('token_ids', batch.get('text'))
-  bag = losses.first_occurrences(ids, losses.caption_positions(
-      ids, sot_id=tok.sot_id, eot_id=tok.eot_id, pad_id=tok.pad_id, mask_special=config.loss.mask_special_tokens))
+  bag = losses.first_occurrences(
+    ids,
+    losses.caption_positions(
+      ids, sot_id=tok.sot_id, eot_id=tok.eot_id, pad_id=tok.pad_id, mask_special=config.loss.mask_special_tokens
+    ),
+  )
   counts = state.idf_counts
   if config.loss.idf == 'online':
     counts = idf.update(counts, ids.shape[0], losses.document_frequency(ids, bag, cfg.vocab_size))
@@ -65,8 +69,7 @@ def make_loss_fn(model_def: ModelDef, config: ml_collections.ConfigDict, rules) 
   cfg = model_def.cfg
   terms = losses.active_terms(cfg)
   weights = losses.term_weights(config, cfg)
-  opts = losses.LossOptions(contrastive=cfg.contrastive, chunked=bool(config.loss.chunked),
-                            batch_axes=sharding.batch_axes(rules))
+  opts = losses.LossOptions(contrastive=cfg.contrastive, chunked=bool(config.loss.chunked), batch_axes=sharding.batch_axes(rules))
   k = int(config.optim.accum_steps)
 
   def full(params, batch, targets):
@@ -101,7 +104,7 @@ def make_loss_fn(model_def: ModelDef, config: ml_collections.ConfigDict, rules) 
 
 
 def _square_sum(x: jax.Array) -> jax.Array:
-  letters = 'abcdefghijklmnopqrstuvwxyz'[:x.ndim]
+  letters = 'abcdefghijklmnopqrstuvwxyz'[: x.ndim]
   return jnp.einsum(f'{letters},{letters}->', x, x, preferred_element_type=jnp.float32)
 
 
@@ -116,8 +119,14 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(_square_sum(x) for x in jax.tree.leaves(tree)))
 
 
-def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, metrics_collection, rules) -> Callable:
+def make_train_step(
+  model_def: ModelDef,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  config: ml_collections.ConfigDict,
+  metrics_collection,
+  rules,
+) -> Callable:
   """The un-jitted step function (state, batch) -> (state, metrics collection)."""
   cfg = model_def.cfg
   loss_fn = make_loss_fn(model_def, config, rules)
@@ -155,10 +164,13 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     if 'logit_scale' in params:
       outputs['logit_scale'] = jnp.exp(params['logit_scale'])
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, idf_counts=counts,
-        nonfinite_updates=state.nonfinite_updates + (~finite).astype(jnp.int32),
-        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
-                                       state.first_nonfinite_step))
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      idf_counts=counts,
+      nonfinite_updates=state.nonfinite_updates + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1, state.first_nonfinite_step),
+    )
     return new_state, metrics_collection.single_from_model_output(**outputs)
 
   return step_fn
@@ -176,8 +188,10 @@ def check_accumulation(config: ml_collections.ConfigDict, mesh: Mesh, rules) -> 
   k = int(config.optim.accum_steps)
   per_shard = config.data.global_batch_size // max(sharding.num_batch_shards(mesh, rules), 1)
   if k > 1 and per_shard % k:
-    raise UserError(f'optim.accum_steps={k} does not divide the {per_shard} rows of each batch shard '
-                    f'(data.global_batch_size={config.data.global_batch_size}, mesh {dict(mesh.shape)})')
+    raise UserError(
+      f'optim.accum_steps={k} does not divide the {per_shard} rows of each batch shard '
+      f'(data.global_batch_size={config.data.global_batch_size}, mesh {dict(mesh.shape)})'
+    )
 
 
 def jit_train_step(model_def: ModelDef, tx, schedule, config, shardings: TrainState, mesh: Mesh, rules=None):
@@ -186,6 +200,10 @@ def jit_train_step(model_def: ModelDef, tx, schedule, config, shardings: TrainSt
   check_accumulation(config, mesh, rules)
   collection = metrics.train_metrics_collection(*metric_names(model_def))
   step_fn = make_train_step(model_def, tx, schedule, config, collection, rules)
-  jitted = jax.jit(step_fn, in_shardings=(shardings, sharding.input_sharding(mesh)),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  jitted = jax.jit(
+    step_fn,
+    in_shardings=(shardings, sharding.input_sharding(mesh)),
+    out_shardings=(shardings, sharding.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   return jitted, collection

@@ -39,16 +39,23 @@ class InUse(UserError):
 
 def _holder(what: str, token: str) -> dict:
   now = time.time()
-  return {'what': what, 'host': socket.gethostname(), 'pid': os.getpid(), 'token': token,
-          'started': datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(timespec='seconds'),
-          'heartbeat': now}
+  return {
+    'what': what,
+    'host': socket.gethostname(),
+    'pid': os.getpid(),
+    'token': token,
+    'started': datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(timespec='seconds'),
+    'heartbeat': now,
+  }
 
 
 def _describe(holder: dict | None) -> str:
   if not holder:
     return 'an unknown holder'
-  return (f"a {holder.get('what', 'run')} on host {holder.get('host', '?')}, process id {holder.get('pid', '?')}, "
-          f"started {holder.get('started', '?')}")
+  return (
+    f'a {holder.get("what", "run")} on host {holder.get("host", "?")}, process id {holder.get("pid", "?")}, '
+    f'started {holder.get("started", "?")}'
+  )
 
 
 def _parse(data: bytes) -> dict | None:
@@ -60,9 +67,9 @@ def _parse(data: bytes) -> dict | None:
 
 
 class _LocalLock:
-
   def __init__(self, path: str, holder: dict):
     import fcntl
+
     self.path = path
     self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -71,8 +78,9 @@ class _LocalLock:
       with open(path, 'rb') as f:
         other = _parse(f.read())
       os.close(self._fd)
-      raise InUse(f'{os.path.dirname(path)} is in use by {_describe(other)} (lock {path}); wait for it to end, '
-                  'or use another directory') from None
+      raise InUse(
+        f'{os.path.dirname(path)} is in use by {_describe(other)} (lock {path}); wait for it to end, or use another directory'
+      ) from None
     os.ftruncate(self._fd, 0)
     os.pwrite(self._fd, json.dumps(holder).encode(), 0)
 
@@ -83,9 +91,9 @@ class _LocalLock:
 
 
 class _BucketLock:
-
   def __init__(self, path: str, holder: dict, heartbeat_seconds: float, stale_seconds: float):
     import fsspec
+
     self.path = path
     self.holder = holder
     self.fs, self._key = fsspec.core.url_to_fs(path)
@@ -98,8 +106,10 @@ class _BucketLock:
       except (TypeError, ValueError):  # an unreadable lock is a dead one
         age = float('inf')
       if age < stale_seconds:
-        raise InUse(f'{path.rsplit("/", 1)[0]} is in use by {_describe(other)}, alive {age:.0f} s ago '
-                    f'(lock {path}); wait for it to end, or use another directory')
+        raise InUse(
+          f'{path.rsplit("/", 1)[0]} is in use by {_describe(other)}, alive {age:.0f} s ago '
+          f'(lock {path}); wait for it to end, or use another directory'
+        )
       logging.warning('taking over the lock %s of %s: no heartbeat for %.0f s', path, _describe(other), age)
       try:
         self.fs.rm_file(self._key)
@@ -107,8 +117,7 @@ class _BucketLock:
         pass
       if not self._create():
         raise InUse(f'{path}: another run took this lock over at the same moment; use another directory')
-    self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True,
-                                    name='workdir-lock-heartbeat')
+    self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name='workdir-lock-heartbeat')
     self._thread.start()
 
   def _create(self) -> bool:
@@ -124,8 +133,10 @@ class _BucketLock:
       self.fs.pipe_file(self._key, data, mode='create')
       return True
     except TypeError:  # a filesystem without create-only writes (s3fs)
-      logging.warning('%s: this store cannot create a file only if absent; two runs starting in the same moment '
-                      'could both take the lock', self.path)
+      logging.warning(
+        '%s: this store cannot create a file only if absent; two runs starting in the same moment could both take the lock',
+        self.path,
+      )
       self.fs.pipe_file(self._key, data)
       return True
     except FileExistsError:
@@ -147,8 +158,12 @@ class _BucketLock:
       try:
         current = self._read()
         if current is not None and current.get('token') != self.holder['token']:
-          logging.error('lock %s was taken over by %s (no heartbeat reached it for %.0f s); stop this run',
-                        self.path, _describe(current), self.stale_seconds)
+          logging.error(
+            'lock %s was taken over by %s (no heartbeat reached it for %.0f s); stop this run',
+            self.path,
+            _describe(current),
+            self.stale_seconds,
+          )
           return
         self.holder['heartbeat'] = time.time()
         self.fs.pipe_file(self._key, json.dumps(self.holder).encode())
@@ -169,8 +184,7 @@ class _BucketLock:
 class DirectoryLock:
   """The lock of one directory, held from `acquire` to `release` (or the end of a `with`)."""
 
-  def __init__(self, directory: str, what: str = 'run', heartbeat_seconds: float = 30.0,
-               stale_seconds: float = 300.0):
+  def __init__(self, directory: str, what: str = 'run', heartbeat_seconds: float = 30.0, stale_seconds: float = 300.0):
     self.directory = storage.absolute(directory)
     self.path = storage.join(self.directory, LOCK_NAME)
     self.what = what
@@ -210,10 +224,12 @@ def lock_for_job(directory: str, what: str = 'run') -> DirectoryLock | None:
   Returns the lock on process 0 (release it at the end), None on the others.
   """
   import jax
+
   if jax.process_count() == 1:
     return DirectoryLock(directory, what).acquire()
   import numpy as np
   from jax.experimental import multihost_utils
+
   lock, error = None, None
   if jax.process_index() == 0:
     try:
@@ -224,6 +240,5 @@ def lock_for_job(directory: str, what: str = 'run') -> DirectoryLock | None:
   if error is not None:
     raise error
   if not bool(ok):
-    raise InUse(f'{directory} is in use by another run (process 0 of this job could not lock it; its log names '
-                'the holder)')
+    raise InUse(f'{directory} is in use by another run (process 0 of this job could not lock it; its log names the holder)')
   return lock

@@ -12,8 +12,11 @@ import os
 # AllReduce, 4 in AllGather, nothing runnable). Four threads per device leave room; the
 # collective timeout then only has to cover slowness, and a real hang fails in minutes.
 os.environ.setdefault('PJRT_NPROC', '32')
-_FLAGS = ('--xla_force_host_platform_device_count=8', '--xla_cpu_collective_call_terminate_timeout_seconds=300',
-          '--xla_cpu_collective_timeout_seconds=300')
+_FLAGS = (
+  '--xla_force_host_platform_device_count=8',
+  '--xla_cpu_collective_call_terminate_timeout_seconds=300',
+  '--xla_cpu_collective_timeout_seconds=300',
+)
 for _flag in _FLAGS:
   if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _flag).strip()

@@ -18,7 +18,7 @@ def picture(seed: int, size=(48, 40)) -> np.ndarray:
   y, x = np.mgrid[0:h, 0:w]
   img = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), np.full_like(x, rng.integers(256))], -1)
   y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
-  img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.integers(0, 256, 3)
+  img[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
   return img.astype(np.uint8)
 
 
@@ -58,28 +58,51 @@ def bad_members() -> tuple[list[tuple[str, bytes]], dict[str, int], dict[str, in
   good_jpeg = encode(picture(1), 'JPEG')
   rgba = np.concatenate([picture(2), np.full((40, 48, 1), 128, np.uint8)], -1)
   members = [
-      ('b00.jpg', good_jpeg[: len(good_jpeg) // 2]), ('b00.txt', b'truncated jpeg'),
-      ('b01.jpg', b''), ('b01.txt', b'zero-byte image'),
-      ('b02.jpg', encode(Image.fromarray(picture(3)).convert('CMYK'), 'JPEG')), ('b02.txt', b'cmyk jpeg'),
-      ('b03.png', encode(Image.fromarray(picture(4)).convert('L'), 'PNG')), ('b03.txt', b'grayscale png'),
-      ('b04.png', encode(Image.fromarray((picture(5)[..., 0].astype(np.uint16) * 257)), 'PNG')),
-      ('b04.txt', b'sixteen-bit png'),
-      ('b05.png', encode(Image.fromarray(picture(6)).convert('P'), 'PNG')), ('b05.txt', b'palette png'),
-      ('b06.png', encode(Image.fromarray(rgba, 'RGBA'), 'PNG')), ('b06.txt', b'alpha png'),
-      ('b07.png', encode(Image.new('L', (20000, 20000)), 'PNG', optimize=True)), ('b07.txt', b'decompression bomb'),
-      ('b08.jpg', good_jpeg), ('b08.txt', b'caf\xe9 not utf-8'),
-      ('b09.jpg', good_jpeg), ('b09.txt', b''),
-      ('b10.jpg', good_jpeg), ('b10.txt', b'   \n\t '),
-      ('b11.jpg', good_jpeg),  # no caption
-      ('b12.txt', b'a caption without its image'),
-      ('b13.jpg', good_jpeg), ('b13.txt', b'first of a duplicated key'),
-      ('b14.jpg', good_jpeg), ('b14.txt', b'between'),
-      ('b13.jpg', good_jpeg), ('b13.txt', b'second of a duplicated key'),
-      ('../evil.jpg', good_jpeg), ('../evil.txt', b'path traversal'),
-      ('b15.jpg', encode(Image.fromarray(picture(7)).convert('L'), 'JPEG')), ('b15.txt', b'grey jpeg'),
+    ('b00.jpg', good_jpeg[: len(good_jpeg) // 2]),
+    ('b00.txt', b'truncated jpeg'),
+    ('b01.jpg', b''),
+    ('b01.txt', b'zero-byte image'),
+    ('b02.jpg', encode(Image.fromarray(picture(3)).convert('CMYK'), 'JPEG')),
+    ('b02.txt', b'cmyk jpeg'),
+    ('b03.png', encode(Image.fromarray(picture(4)).convert('L'), 'PNG')),
+    ('b03.txt', b'grayscale png'),
+    ('b04.png', encode(Image.fromarray((picture(5)[..., 0].astype(np.uint16) * 257)), 'PNG')),
+    ('b04.txt', b'sixteen-bit png'),
+    ('b05.png', encode(Image.fromarray(picture(6)).convert('P'), 'PNG')),
+    ('b05.txt', b'palette png'),
+    ('b06.png', encode(Image.fromarray(rgba, 'RGBA'), 'PNG')),
+    ('b06.txt', b'alpha png'),
+    ('b07.png', encode(Image.new('L', (20000, 20000)), 'PNG', optimize=True)),
+    ('b07.txt', b'decompression bomb'),
+    ('b08.jpg', good_jpeg),
+    ('b08.txt', b'caf\xe9 not utf-8'),
+    ('b09.jpg', good_jpeg),
+    ('b09.txt', b''),
+    ('b10.jpg', good_jpeg),
+    ('b10.txt', b'   \n\t '),
+    ('b11.jpg', good_jpeg),  # no caption
+    ('b12.txt', b'a caption without its image'),
+    ('b13.jpg', good_jpeg),
+    ('b13.txt', b'first of a duplicated key'),
+    ('b14.jpg', good_jpeg),
+    ('b14.txt', b'between'),
+    ('b13.jpg', good_jpeg),
+    ('b13.txt', b'second of a duplicated key'),
+    ('../evil.jpg', good_jpeg),
+    ('../evil.txt', b'path traversal'),
+    ('b15.jpg', encode(Image.fromarray(picture(7)).convert('L'), 'JPEG')),
+    ('b15.txt', b'grey jpeg'),
   ]
-  skipped = {'corrupt_image': 1, 'empty_image': 1, 'decompression_bomb': 1, 'caption_not_utf8': 1,
-             'empty_caption': 2, 'missing_caption': 1, 'missing_image': 1, 'duplicate_key': 1, 'unsafe_path': 2}
-  repaired = {'converted_cmyk': 1, 'converted_grayscale': 2, 'converted_16bit': 1, 'converted_palette': 1,
-              'converted_alpha': 1}
+  skipped = {
+    'corrupt_image': 1,
+    'empty_image': 1,
+    'decompression_bomb': 1,
+    'caption_not_utf8': 1,
+    'empty_caption': 2,
+    'missing_caption': 1,
+    'missing_image': 1,
+    'duplicate_key': 1,
+    'unsafe_path': 2,
+  }
+  repaired = {'converted_cmyk': 1, 'converted_grayscale': 2, 'converted_16bit': 1, 'converted_palette': 1, 'converted_alpha': 1}
   return members, skipped, repaired

@@ -30,13 +30,31 @@ def text_ids(batch: int, length: int, vocab: int, seed: int) -> np.ndarray:
 def hf_clip(vocab=49408, width=64, heads=2, layers=2, patch=8, image=32, ctx=16, embed=32, act='quick_gelu', seed=0):
   """A random transformers CLIPModel (perturbed, eval mode)."""
   import transformers
+
   config = transformers.CLIPConfig(
-      text_config=dict(vocab_size=vocab, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                       num_attention_heads=heads, max_position_embeddings=ctx, hidden_act=act,
-                       bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1),
-      vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                         num_attention_heads=heads, image_size=image, patch_size=patch, hidden_act=act),
-      projection_dim=embed)
+    text_config=dict(
+      vocab_size=vocab,
+      hidden_size=width,
+      intermediate_size=4 * width,
+      num_hidden_layers=layers,
+      num_attention_heads=heads,
+      max_position_embeddings=ctx,
+      hidden_act=act,
+      bos_token_id=vocab - 2,
+      eos_token_id=vocab - 1,
+      pad_token_id=1,
+    ),
+    vision_config=dict(
+      hidden_size=width,
+      intermediate_size=4 * width,
+      num_hidden_layers=layers,
+      num_attention_heads=heads,
+      image_size=image,
+      patch_size=patch,
+      hidden_act=act,
+    ),
+    projection_dim=embed,
+  )
   torch.manual_seed(seed)
   return perturb(transformers.CLIPModel(config), seed)
 
@@ -53,14 +71,28 @@ def hf_outputs(model, images_nhwc: np.ndarray, ids: np.ndarray) -> dict:
   return {'image': img.numpy(), 'text': txt.numpy(), 'logits': logits.numpy(), 'pooled': vis.pooler_output.numpy()}
 
 
-def open_clip_model(open_clip, quick_gelu: bool, vocab=49408, width=128, layers=2, patch=8, image=32, ctx=16,
-                    embed=32, text_heads=2, head_width=64, seed=0):
+def open_clip_model(
+  open_clip,
+  quick_gelu: bool,
+  vocab=49408,
+  width=128,
+  layers=2,
+  patch=8,
+  image=32,
+  ctx=16,
+  embed=32,
+  text_heads=2,
+  head_width=64,
+  seed=0,
+):
   """A random OpenCLIP `CLIP` ViT (perturbed, eval mode)."""
   torch.manual_seed(seed)
   model = open_clip.model.CLIP(
-      embed_dim=embed, quick_gelu=quick_gelu,
-      vision_cfg=dict(image_size=image, layers=layers, width=width, head_width=head_width, patch_size=patch),
-      text_cfg=dict(context_length=ctx, vocab_size=vocab, width=width, heads=text_heads, layers=layers))
+    embed_dim=embed,
+    quick_gelu=quick_gelu,
+    vision_cfg=dict(image_size=image, layers=layers, width=width, head_width=head_width, patch_size=patch),
+    text_cfg=dict(context_length=ctx, vocab_size=vocab, width=width, heads=text_heads, layers=layers),
+  )
   return perturb(model, seed)
 
 
@@ -78,10 +110,12 @@ def open_clip_outputs(model, images_nhwc: np.ndarray, ids: np.ndarray, head: dic
       _, tokens = model.visual(x)
       model.visual.output_tokens = False
       pooled = tokens.mean(dim=1)
-      h = torch.nn.functional.layer_norm(pooled, (pooled.shape[-1],), head['text_decoder.ln_mlp.weight'],
-                                         head['text_decoder.ln_mlp.bias'], eps=1e-5)
-      out['token_logits'] = (h @ head['text_decoder.text_projection.weight'].T
-                             + head['text_decoder.text_projection.bias']).numpy()
+      h = torch.nn.functional.layer_norm(
+        pooled, (pooled.shape[-1],), head['text_decoder.ln_mlp.weight'], head['text_decoder.ln_mlp.bias'], eps=1e-5
+      )
+      out['token_logits'] = (
+        h @ head['text_decoder.text_projection.weight'].T + head['text_decoder.text_projection.bias']
+      ).numpy()
   return out
 
 
@@ -89,10 +123,12 @@ def superclip_state_dict(model, vocab: int, seed: int = 1) -> tuple[dict, dict]:
   """(the authors' SuperCLIP layout: text tower under `text.`, head `text_decoder.*`, IDF buffers; the head)."""
   g = torch.Generator().manual_seed(seed)
   width = model.visual.conv1.weight.shape[0]
-  head = {'text_decoder.ln_mlp.weight': 1 + 0.1 * torch.randn(width, generator=g),
-          'text_decoder.ln_mlp.bias': 0.1 * torch.randn(width, generator=g),
-          'text_decoder.text_projection.weight': width ** -0.5 * torch.randn(vocab, width, generator=g),
-          'text_decoder.text_projection.bias': 0.1 * torch.randn(vocab, generator=g)}
+  head = {
+    'text_decoder.ln_mlp.weight': 1 + 0.1 * torch.randn(width, generator=g),
+    'text_decoder.ln_mlp.bias': 0.1 * torch.randn(width, generator=g),
+    'text_decoder.text_projection.weight': width**-0.5 * torch.randn(vocab, width, generator=g),
+    'text_decoder.text_projection.bias': 0.1 * torch.randn(vocab, generator=g),
+  }
   sd = {}
   for k, v in model.state_dict().items():
     sd[k if k.startswith(('visual.', 'logit_')) else 'text.' + k] = v

@@ -41,8 +41,13 @@ def _known_seconds() -> dict[str, float]:
 
 def _run(path: str, python: str) -> tuple[str, int, float, str]:
   start = time.perf_counter()
-  proc = subprocess.run([python, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-rs', path], cwd=ROOT,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.run(
+    [python, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-rs', path],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   return path, proc.returncode, time.perf_counter() - start, proc.stdout
 
 
@@ -78,11 +83,17 @@ def main(argv=None) -> int:
       json.dump(dict(sorted(seconds.items())), f, indent=1)
       f.write('\n')
   wall = time.perf_counter() - start
-  print(f'run_suite: {len(files)} files in {wall / 60:.1f} min, {args.jobs} at a time'
-        + (f'; FAILED: {" ".join(failed)}' if failed else ''), flush=True)
+  print(
+    f'run_suite: {len(files)} files in {wall / 60:.1f} min, {args.jobs} at a time'
+    + (f'; FAILED: {" ".join(failed)}' if failed else ''),
+    flush=True,
+  )
   # The closing line CI reads: tests passed and failed (errors count as failed), over every file.
-  print(f"{totals.get('passed', 0)} passed, {totals.get('failed', 0) + totals.get('error', 0)} failed, "
-        f"{totals.get('skipped', 0)} skipped", flush=True)
+  print(
+    f'{totals.get("passed", 0)} passed, {totals.get("failed", 0) + totals.get("error", 0)} failed, '
+    f'{totals.get("skipped", 0)} skipped',
+    flush=True,
+  )
   return 1 if failed else 0
 
 

@@ -33,6 +33,7 @@ def _small_config():
 
 # ---- Attention: the cuDNN path's layout and padding, against the einsum ---------------------------
 
+
 @pytest.mark.parametrize('t,causal', [(17, False), (16, False), (77, True), (12, True)])
 def test_fused_attention_path_equals_the_einsum_in_value_and_gradient(t, causal):
   rng = np.random.default_rng(t)
@@ -47,8 +48,7 @@ def test_fused_attention_path_equals_the_einsum_in_value_and_gradient(t, causal)
 
   np.testing.assert_allclose(fused_path(q, k, v), einsum_path(q, k, v), rtol=1e-5, atol=1e-5)
   cot = jnp.asarray(rng.normal(size=(3, t, 4, 16)), jnp.float32)
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cot), argnums=(0, 1, 2))(q, k, v)
-           for f in (einsum_path, fused_path)]
+  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cot), argnums=(0, 1, 2))(q, k, v) for f in (einsum_path, fused_path)]
   for a, b in zip(*grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -63,6 +63,7 @@ def test_attention_auto_takes_cudnn_only_on_gpus_in_16_bits():
 
 
 # ---- The CPU step's compiled program on 8 fake devices --------------------------------------------
+
 
 def _all_gathers(hlo_text):
   program = hlo_facts.Program(hlo_text)
@@ -81,8 +82,10 @@ def _gradient_sized_gathers(tmp_path, name):
   with open(tmp_path / name / 'step.hlo.txt') as f:
     gathers = _all_gathers(f.read())
   from superclip_jax.models.superclip import ModelConfig, ModelDef
-  stacked = {tuple(x.shape) for x in jax.tree.leaves(ModelDef(ModelConfig.from_config(config)).shapes())
-             if x.ndim >= 3 and x.shape[0] == 2}  # mu towers: depth 2, parameters stacked over layers
+
+  stacked = {
+    tuple(x.shape) for x in jax.tree.leaves(ModelDef(ModelConfig.from_config(config)).shapes()) if x.ndim >= 3 and x.shape[0] == 2
+  }  # mu towers: depth 2, parameters stacked over layers
   return report, [(dt, dims) for dt, dims in gathers if dims in stacked]
 
 
@@ -91,8 +94,7 @@ def test_cpu_step_on_eight_devices_gathers_no_whole_gradient(tmp_path, monkeypat
   assert report['fits'] and report['program']['collectives']['all-reduce']['ops'] > 0
   assert whole == [], f'gradient-sized all-gathers: {whole}'
   # The check can fail: the former norm (jnp.vdot per leaf) gathered every stacked gradient.
-  monkeypatch.setattr(train_step, 'global_norm',
-                      lambda tree: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree))))
+  monkeypatch.setattr(train_step, 'global_norm', lambda tree: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree))))
   _, whole = _gradient_sized_gathers(tmp_path, 'vdot')
   assert whole, 'the vdot norm should have gathered whole gradients'
 
@@ -170,6 +172,7 @@ def test_hlo_facts_count_loop_trips_and_read_collectives():
 
 # ---- Peaks, MFU, topology names ---------------------------------------------------------------------
 
+
 def test_peak_table_is_keyed_by_exact_device_kinds():
   assert flops.peak_flops('NVIDIA H100 80GB HBM3') == 989e12
   assert flops.peak_flops('NVIDIA H100 PCIe') == 756e12  # not the SXM part through a shared prefix
@@ -185,8 +188,7 @@ def test_mfu_of_a_two_device_row_uses_both_chips_peaks(monkeypatch):
   assert peak == 2 * 989e12
   clock = iter([100.0, 102.5])  # the window starts at 100 s; 5 steps end at 102.5 s
   monkeypatch.setattr(metrics.time, 'perf_counter', lambda: next(clock))
-  throughput = metrics.Throughput(global_batch_size=512, total_steps=100, start_step=10,
-                                  flops_per_step=3.0e15, peak_flops=peak)
+  throughput = metrics.Throughput(global_batch_size=512, total_steps=100, start_step=10, flops_per_step=3.0e15, peak_flops=peak)
   row = throughput.update(15)
   assert row['mfu'] == pytest.approx(3.0e15 * 5 / 2.5 / (2 * 989e12))
   unknown = devices + [types.SimpleNamespace(device_kind='Some Accelerator', platform='gpu')]
@@ -209,6 +211,7 @@ def test_topology_names():
 
 # ---- Input workers ----------------------------------------------------------------------------------
 
+
 def test_workers_auto_is_every_core_but_one(monkeypatch):
   monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
   monkeypatch.delenv('SLURM_NTASKS_PER_NODE', raising=False)
@@ -222,8 +225,9 @@ def test_workers_auto_is_every_core_but_one(monkeypatch):
     pipeline.resolve_workers('many')
 
 
-@pytest.mark.parametrize('name', ['superclip_b16.py', 'superclip_l16.py', 'clip_b16.py', 'supersiglip_b16.py',
-                                  'superclass_b16.py'])
+@pytest.mark.parametrize(
+  'name', ['superclip_b16.py', 'superclip_l16.py', 'clip_b16.py', 'supersiglip_b16.py', 'superclass_b16.py']
+)
 def test_recipes_use_the_per_backend_defaults(name):
   c = config_defaults.load_config_file(os.path.join(ROOT, 'configs', name))
   assert c.data.workers == 'auto' and c.model.remat == 'auto' and c.model.attention == 'auto'
@@ -231,6 +235,7 @@ def test_recipes_use_the_per_backend_defaults(name):
 
 
 # ---- The GPU compile: needs the gpu extra, no GPU ---------------------------------------------------
+
 
 def _cuda_plugin_missing() -> str:
   try:
@@ -245,9 +250,26 @@ def _cuda_plugin_missing() -> str:
 def test_gpu_dry_run_of_tiny_on_h100_node(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   out = tmp_path / 'dry'
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--dry_run',
-                         '--topology', 'h100:8', '--dry_run_dir', str(out), '--config.model.compute_dtype=bfloat16'],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.main',
+      '--config',
+      'configs/tiny.py',
+      '--dry_run',
+      '--topology',
+      'h100:8',
+      '--dry_run_dir',
+      str(out),
+      '--config.model.compute_dtype=bfloat16',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((out / 'report.json').read_text())
   program = report['program']
@@ -258,8 +280,11 @@ def test_gpu_dry_run_of_tiny_on_h100_node(tmp_path):
   # Both towers: the image's 17 tokens and the text's 16 (odd lengths padded by one); the
   # backward's gradients are laid out (B, heads, T, head dim).
   hlo = (out / 'step.hlo.txt').read_text()
-  lengths = {hlo_facts.shapes(line.split('custom-call(')[0])[0][1][2] for line in hlo.splitlines()
-             if 'custom_call_target="__cudnn$fmhaSoftmaxBackward' in line}
+  lengths = {
+    hlo_facts.shapes(line.split('custom-call(')[0])[0][1][2]
+    for line in hlo.splitlines()
+    if 'custom_call_target="__cudnn$fmhaSoftmaxBackward' in line
+  }
   assert lengths == {18, 16}, lengths
   largest_gather = max(c['largest_bytes'] for kind, c in program['collectives'].items() if kind == 'all-gather')
   assert largest_gather <= report['largest_parameter_bytes']

@@ -21,8 +21,7 @@ def _grads(config, mesh_shape):
   tx, _ = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), 10)
   counts = train_state.initial_idf_counts(config, model_def.cfg.variant)
   state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
-                                      pad_id=0, seed=2)
+  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=2)
   batch = sharding.global_batch(data.batch(0, BATCH, sharding.local_rows(BATCH, mesh)), mesh, BATCH)
   loss_fn = train_step.make_loss_fn(model_def, config, rules)
 

@@ -10,21 +10,26 @@ from superclip_jax import allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = allocator.mimalloc_path()
-pytestmark = pytest.mark.skipif(not (sys.platform.startswith('linux') and LIB),
-                                reason='mimalloc is preloaded on Linux, from the cmeel-mimalloc wheel')
+pytestmark = pytest.mark.skipif(
+  not (sys.platform.startswith('linux') and LIB), reason='mimalloc is preloaded on Linux, from the cmeel-mimalloc wheel'
+)
 
 # An entry point in miniature: 'start' is printed by every execution of the program, then what it ran on.
-PROGRAM = ('import os; print("start", os.getpid(), flush=True); from superclip_jax import allocator; '
-           'allocator.reexec_with_mimalloc(); '
-           'print(allocator.in_use(), repr(os.environ.get("LD_PRELOAD")), "SUPERCLIP_JAX_PRELOAD_WAS" in os.environ)')
+PROGRAM = (
+  'import os; print("start", os.getpid(), flush=True); from superclip_jax import allocator; '
+  'allocator.reexec_with_mimalloc(); '
+  'print(allocator.in_use(), repr(os.environ.get("LD_PRELOAD")), "SUPERCLIP_JAX_PRELOAD_WAS" in os.environ)'
+)
 
 
 def _python(program, **env):
   """Runs `program` with the test session's environment minus what picks or tunes the malloc, plus `env`."""
-  base = {k: v for k, v in os.environ.items()
-          if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV, *allocator.MIMALLOC_OPTIONS)}
-  return subprocess.run([sys.executable, '-c', program], cwd=ROOT, env=base | env, capture_output=True, text=True,
-                        timeout=120)
+  base = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ('LD_PRELOAD', 'JAX_PLATFORMS', allocator.CHOICE_ENV, *allocator.MIMALLOC_OPTIONS)
+  }
+  return subprocess.run([sys.executable, '-c', program], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120)
 
 
 def _run(**env):
@@ -51,8 +56,11 @@ def test_keeps_a_users_own_preload_after_mimalloc():
   assert out[:3] == ['start', 'start', 'mimalloc'] and out[3] == repr(libc)
 
 
-@pytest.mark.parametrize('env', [{allocator.CHOICE_ENV: 'system'}, {'JAX_PLATFORMS': 'tpu'},
-                                 {'LD_PRELOAD': LIB or ''}], ids=['system', 'tpu', 'preloaded'])
+@pytest.mark.parametrize(
+  'env',
+  [{allocator.CHOICE_ENV: 'system'}, {'JAX_PLATFORMS': 'tpu'}, {'LD_PRELOAD': LIB or ''}],
+  ids=['system', 'tpu', 'preloaded'],
+)
 def test_runs_on_as_it_is_when_not_wanted_or_already_loaded(env):
   proc, out = _run(**env)
   assert proc.returncode == 0, proc.stderr
@@ -81,11 +89,13 @@ def test_preload_env_leaves_the_callers_environment_alone():
 
 # Frees 64 MiB and, after a pause longer than mimalloc's default purge delay (10 ms), allocates
 # and writes it again: the page faults of the second touch show whether freed memory went back.
-REFAULT_PROGRAM = ('import os, resource, time; from superclip_jax import allocator; allocator.reexec_with_mimalloc(); '
-                   'import numpy as np; faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt; '
-                   'a = np.empty(64 << 20, np.uint8); a.fill(1); del a; time.sleep(0.3); '
-                   'f = faults(); a = np.empty(64 << 20, np.uint8); a.fill(1); '
-                   'print(allocator.in_use(), os.environ.get("MIMALLOC_PURGE_DELAY"), faults() - f)')
+REFAULT_PROGRAM = (
+  'import os, resource, time; from superclip_jax import allocator; allocator.reexec_with_mimalloc(); '
+  'import numpy as np; faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt; '
+  'a = np.empty(64 << 20, np.uint8); a.fill(1); del a; time.sleep(0.3); '
+  'f = faults(); a = np.empty(64 << 20, np.uint8); a.fill(1); '
+  'print(allocator.in_use(), os.environ.get("MIMALLOC_PURGE_DELAY"), faults() - f)'
+)
 
 
 @pytest.mark.parametrize('purge', [None, '0'], ids=['default', 'users_own'])

@@ -37,10 +37,25 @@ def test_beam_build_matches_local_build(tmp_path):
 def test_beam_runner_from_the_command_line(tmp_path):
   import subprocess
   import sys
+
   corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(3))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{tmp_path}/a.tar',
-                         '--out', str(tmp_path / 'out'), '--runner', 'beam'], capture_output=True, text=True, cwd=root)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.data.build',
+      '--source',
+      f'webdataset:{tmp_path}/a.tar',
+      '--out',
+      str(tmp_path / 'out'),
+      '--runner',
+      'beam',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=root,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.startswith('3 records in 1 shards')
   assert records.read_manifest(str(tmp_path / 'out'))['num_records'] == 3

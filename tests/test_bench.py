@@ -12,9 +12,23 @@ import pytest
 from superclip_jax import allocator, bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ('step_time_s', 'images_per_sec', 'images_per_sec_per_device', 'model_flops_per_step', 'xla_flops_corrected',
-        'achieved_flops_per_sec', 'peak_flops_per_sec', 'peak_source', 'mfu', 'clip_step_time_s',
-        'superclip_over_clip_step_ratio', 'state_creation_s', 'lower_s', 'compile_s', 'allocator')
+KEYS = (
+  'step_time_s',
+  'images_per_sec',
+  'images_per_sec_per_device',
+  'model_flops_per_step',
+  'xla_flops_corrected',
+  'achieved_flops_per_sec',
+  'peak_flops_per_sec',
+  'peak_source',
+  'mfu',
+  'clip_step_time_s',
+  'superclip_over_clip_step_ratio',
+  'state_creation_s',
+  'lower_s',
+  'compile_s',
+  'allocator',
+)
 # What `python -m superclip_jax.bench` runs its CPU step on (the cmeel-mimalloc wheel is a Linux dependency).
 EXPECTED_MALLOC = 'mimalloc' if sys.platform.startswith('linux') and allocator.mimalloc_path() else 'system'
 
@@ -32,7 +46,7 @@ def test_interleaved_times_alternate_the_functions():
 
 def test_peak_matmul_repeats_to_fill_its_turn_and_counts_its_flops():
   peak = bench.PeakMatmul(size=64, seconds=0.2)  # a 64^3 matmul takes microseconds, even on a loaded machine
-  assert peak.repeats > 1 and peak.flops_per_call == 2.0 * 64 ** 3 * peak.repeats
+  assert peak.repeats > 1 and peak.flops_per_call == 2.0 * 64**3 * peak.repeats
   # The faster of the BLAS libraries here: NumPy's, or PyTorch's where the interop extra put it.
   assert peak.library in (('numpy', 'torch') if importlib.util.find_spec('torch') else ('numpy',))
   calls = []
@@ -49,9 +63,28 @@ def test_random_ids_are_captions_of_ordinary_tokens():
 
 
 def test_bench_on_tiny_prints_every_figure_as_json():
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py', '--steps', '2',
-                         '--warmup', '1', '--batch', '8', '--peak_matmul_size', '256'],
-                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.bench',
+      '--config',
+      'configs/tiny.py',
+      '--steps',
+      '2',
+      '--warmup',
+      '1',
+      '--batch',
+      '8',
+      '--peak_matmul_size',
+      '256',
+    ],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   missing = [k for k in KEYS if k not in report]
@@ -71,28 +104,69 @@ def test_bench_on_tiny_prints_every_figure_as_json():
 
 def test_bench_times_a_recipe_config_without_its_data():
   # The recipe (shards and evaluations required for training) shrunk by overrides: no data= needed to time it.
-  shrink = ['--config.model.image=mu/8', '--config.model.text=mu', '--config.model.embed_dim=32',
-            '--config.model.compute_dtype=float32', '--config.model.remat=none']
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/superclip_b16.py', '--steps',
-                         '1', '--warmup', '0', '--batch', '4', '--image_size', '32', '--no_clip', '--peak_matmul_size',
-                         '128', *shrink], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  shrink = [
+    '--config.model.image=mu/8',
+    '--config.model.text=mu',
+    '--config.model.embed_dim=32',
+    '--config.model.compute_dtype=float32',
+    '--config.model.remat=none',
+  ]
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.bench',
+      '--config',
+      'configs/superclip_b16.py',
+      '--steps',
+      '1',
+      '--warmup',
+      '0',
+      '--batch',
+      '4',
+      '--image_size',
+      '32',
+      '--no_clip',
+      '--peak_matmul_size',
+      '128',
+      *shrink,
+    ],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report['global_batch'] == 4 and report['config_variant'] == 'superclip' and np.isfinite(report['loss'])
 
 
 def test_bench_reports_a_bad_override_in_one_line():
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py',
-                         '--config.model.imag_size=64'], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py', '--config.model.imag_size=64'],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2 and 'superclip_jax.bench: error:' in proc.stderr and 'Traceback' not in proc.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec('torch') is None or importlib.util.find_spec('transformers') is None,
-                    reason='the PyTorch comparison needs torch and transformers: the interop extra')
+@pytest.mark.skipif(
+  importlib.util.find_spec('torch') is None or importlib.util.find_spec('transformers') is None,
+  reason='the PyTorch comparison needs torch and transformers: the interop extra',
+)
 def test_vs_pytorch_tiny_runs():
-  proc = subprocess.run([sys.executable, 'benchmarks/vs_pytorch.py', '--tiny', '--steps', '2'], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, 'benchmarks/vs_pytorch.py', '--tiny', '--steps', '2'],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   # The same architecture on both sides: the parameter counts agree exactly.
@@ -120,6 +194,7 @@ def test_vs_pytorch_reports_the_first_step_of_each_turn_apart():
       after_switch = bool(calls) and calls[-1] != name
       calls.append(name)
       return (name, after_switch)
+
     return run
 
   times = vs_pytorch.alternate_in_blocks({'jax': fake('jax'), 'torch': fake('torch')}, timed_steps=4, block=3)
@@ -134,29 +209,42 @@ def test_vs_pytorch_reports_the_first_step_of_each_turn_apart():
 def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):
   # ALLOW_CPU runs the GPU script's whole path on this CPU, on tiny; no GPU means a clear refusal without it.
   env = _env() | {'PYTHON': sys.executable, 'BATCHES': '4 8', 'IMAGE_SIZE': '32', 'STEPS': '1', 'DTYPE': 'float32'}
-  proc = subprocess.run(['bash', 'launch/bench_gpu.sh', str(tmp_path), 'configs/tiny.py', '--warmup', '0', '--no_clip',
-                         '--peak_matmul_size', '128'], cwd=ROOT, env=env | {'ALLOW_CPU': '1'}, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    ['bash', 'launch/bench_gpu.sh', str(tmp_path), 'configs/tiny.py', '--warmup', '0', '--no_clip', '--peak_matmul_size', '128'],
+    cwd=ROOT,
+    env=env | {'ALLOW_CPU': '1'},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   for batch in (4, 8):
     report = json.loads((tmp_path / f'bench_b{batch}.json').read_text())
     assert report['global_batch'] == batch and report['compute_dtype'] == 'float32' and report['mfu'] > 0
   summary = proc.stdout.strip().splitlines()[-2:]
   assert summary[0].startswith('batch 4:') and summary[1].startswith('batch 8:') and 'MFU' in summary[1]
-  refused = subprocess.run(['bash', 'launch/bench_gpu.sh', str(tmp_path / 'x')], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+  refused = subprocess.run(
+    ['bash', 'launch/bench_gpu.sh', str(tmp_path / 'x')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert refused.returncode == 2 and 'no GPU' in refused.stderr
 
 
 def test_input_pipeline_bench_compares_with_the_openclip_style_pil_transform():
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.bench', '--synthesize', '16', '--seconds', '0.2'],
-                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.data.bench', '--synthesize', '16', '--seconds', '0.2'],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline', 'pipeline_over_openclip_pil'):
     assert report[stage] > 0, stage
   # The whole pipeline with worker processes, as the trainer runs it: 1, 2 and every core.
   from superclip_jax.data import pipeline
+
   for workers in sorted({1, 2, pipeline.host_cores()}):
     assert report[f'pipeline_workers_{workers}'] > 0, workers
   assert 'worker process(es)' in proc.stdout
@@ -166,6 +254,7 @@ def test_input_pipeline_bench_compares_with_the_openclip_style_pil_transform():
 def test_openclip_style_transform_is_a_normalised_chw_crop():
   from superclip_jax.data import bench as data_bench
   from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
+
   image = np.full((256, 300, 3), 128, np.uint8)
   jpeg = __import__('simplejpeg').encode_jpeg(image, quality=100)
   out = data_bench.openclip_style(jpeg, 224, np.random.default_rng(0))

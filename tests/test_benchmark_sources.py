@@ -35,8 +35,17 @@ def _jpeg(path, seed):
 def _write_meta_mat(path):
   """The devkit's meta.mat (MATLAB v5 struct array 'synsets'), with one non-leaf synset as the real one has."""
   import scipy.io
-  fields = [('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('words', 'O'), ('gloss', 'O'), ('num_children', 'O'),
-            ('children', 'O'), ('wordnet_height', 'O'), ('num_train_images', 'O')]
+
+  fields = [
+    ('ILSVRC2012_ID', 'O'),
+    ('WNID', 'O'),
+    ('words', 'O'),
+    ('gloss', 'O'),
+    ('num_children', 'O'),
+    ('children', 'O'),
+    ('wordnet_height', 'O'),
+    ('num_train_images', 'O'),
+  ]
   rows = [(i, w, words, 'gloss', 0, np.zeros((1, 0)), 0, 1300) for i, w, words in _SYNSETS]
   rows.append((1001, 'n00001740', 'entity', 'gloss', 2, np.array([1, 2]), 18, 0))
   synsets = np.array(rows, dtype=fields).reshape(-1, 1)
@@ -98,16 +107,28 @@ def test_imagenet_kaggle_csv_and_synset_folders(tmp_path):
   (kaggle / 'LOC_val_solution.csv').write_text('\n'.join(rows) + '\n')
   manifest = build.build(f'imagenet:{kaggle}', str(tmp_path / 'o1'), progress=False)
   _, recs = _all_records(str(tmp_path / 'o1'))
-  _check_imagenet(manifest, recs, {'ILSVRC2012_val_00000001.JPEG': (0, 'a photo of a tench.'),
-                                   'ILSVRC2012_val_00000002.JPEG': (999, 'a photo of a toilet paper.'),
-                                   'ILSVRC2012_val_00000003.JPEG': (2, 'a photo of a great white shark.')})
+  _check_imagenet(
+    manifest,
+    recs,
+    {
+      'ILSVRC2012_val_00000001.JPEG': (0, 'a photo of a tench.'),
+      'ILSVRC2012_val_00000002.JPEG': (999, 'a photo of a toilet paper.'),
+      'ILSVRC2012_val_00000003.JPEG': (2, 'a photo of a great white shark.'),
+    },
+  )
   folders = tmp_path / 'folders'
   for i, wnid in enumerate(['n15075141', 'n01440764']):
     _jpeg(str(folders / 'val' / wnid / f'ILSVRC2012_val_{i:08d}.JPEG'), i)
   manifest = build.build(f'imagenet:{folders}', str(tmp_path / 'o2'), template='itap of a {}.', progress=False)
   _, recs = _all_records(str(tmp_path / 'o2'))
-  _check_imagenet(manifest, recs, {'n01440764/ILSVRC2012_val_00000001.JPEG': (0, 'itap of a tench.'),
-                                   'n15075141/ILSVRC2012_val_00000000.JPEG': (999, 'itap of a toilet paper.')})
+  _check_imagenet(
+    manifest,
+    recs,
+    {
+      'n01440764/ILSVRC2012_val_00000001.JPEG': (0, 'itap of a tench.'),
+      'n15075141/ILSVRC2012_val_00000000.JPEG': (999, 'itap of a toilet paper.'),
+    },
+  )
   os.makedirs(folders / 'val' / 'n99999999')
   with pytest.raises(UserError, match='n99999999'):
     build.build(f'imagenet:{folders}', str(tmp_path / 'o3'), progress=False)
@@ -117,7 +138,7 @@ def test_imagenet_v2_class_index_folders(tmp_path):
   for label in (0, 2, 999):
     for j in range(2):
       _jpeg(str(tmp_path / 'v2' / str(label) / f'{j:040x}.jpeg'), label + j)
-  manifest = build.build(f"imagenet_v2:{tmp_path / 'v2'}", str(tmp_path / 'out'), progress=False)
+  manifest = build.build(f'imagenet_v2:{tmp_path / "v2"}', str(tmp_path / 'out'), progress=False)
   assert manifest['num_records'] == 6 and manifest['class_names'][2] == 'great white shark'
   _, recs = _all_records(str(tmp_path / 'out'))
   assert [r['label'] for r in recs] == [0, 0, 2, 2, 999, 999]
@@ -131,9 +152,12 @@ def _karpathy(root, flickr=False):
     fname = f'{1000 + i}.jpg' if flickr else f'COCO_val2014_{i:012d}.jpg'
     filepath = '' if flickr else 'val2014'
     _jpeg(os.path.join(root, 'images', filepath, fname), i)
-    entry = {'filename': fname, 'split': split, 'imgid': i,
-             'sentences': [{'raw': f'image {i} caption {k}.', 'tokens': ['image', str(i)], 'imgid': i}
-                           for k in range(5)]}
+    entry = {
+      'filename': fname,
+      'split': split,
+      'imgid': i,
+      'sentences': [{'raw': f'image {i} caption {k}.', 'tokens': ['image', str(i)], 'imgid': i} for k in range(5)],
+    }
     if not flickr:
       entry.update(filepath=filepath, cocoid=i)
     images.append(entry)
@@ -177,8 +201,13 @@ def test_karpathy_missing_image_is_counted(tmp_path):
 
 def _run_build(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', *args], capture_output=True, text=True,
-                        env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.data.build', *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
 
 
 def test_cli_user_mistake_is_one_line_and_leaves_no_output(tmp_path):

@@ -10,7 +10,7 @@ from test_bucket_workdir import ROOT, _run, emulator  # noqa: F401 (the fixture)
 
 # Prints what a shard directory (local or gs://) gives the trainer: the manifest less its paths, the
 # records, the document frequencies, and a digest of every batch of an evaluation pass of the pipeline.
-_READ_BACK = '''
+_READ_BACK = """
 import hashlib, json, sys
 import grain
 from superclip_jax.data import pipeline, records
@@ -29,7 +29,7 @@ del manifest['directory']
 print(json.dumps({'manifest': manifest, 'doc_freq': [n, df.tolist()], 'batches': digests,
                   'records': [[r['key'], r['caption'], hashlib.sha256(r['image']).hexdigest(), r['tokens'].tolist(),
                                r['label']] for r in recs]}))
-'''
+"""
 
 
 def _read_back(env, out):

@@ -30,14 +30,17 @@ def emulator():
   logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # it logs every 404 as ERROR
   url = f'http://127.0.0.1:{port}'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update({
+  env.update(
+    {
       'STORAGE_EMULATOR_HOST': url,  # gcsfs and google-cloud-storage
       'TENSORSTORE_GCS_HTTP_URL': url,  # tensorstore's gcs driver (Orbax's arrays)
       'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,  # google-cloud-cpp: array_record's reader of gs:// shards
       'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'dummy',  # tensorstore: no credential lookup
       'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',  # gcsfs: no gRPC bucket-type probe (60 s per call here)
-      'FSSPEC_GCS_TOKEN': 'anon', 'NO_GCE_CHECK': 'true',
-  })
+      'FSSPEC_GCS_TOKEN': 'anon',
+      'NO_GCE_CHECK': 'true',
+    }
+  )
   yield env
   server.stop()
 
@@ -65,10 +68,19 @@ def _list(env, path):
 @pytest.mark.slow
 def test_train_resume_export_and_load_in_a_bucket(emulator):
   run = 'gs://bucket/run'
-  train = ['-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', run, '--config.log_every_steps=5',
-           '--config.checkpoint.every_steps=5', '--config.checkpoint.async_save=True',
-           # The emulator lacks the conditional writes OCDBT's manifest needs ('Malformed StorageGeneration').
-           '--config.checkpoint.ocdbt=False']
+  train = [
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    'configs/tiny.py',
+    '--workdir',
+    run,
+    '--config.log_every_steps=5',
+    '--config.checkpoint.every_steps=5',
+    '--config.checkpoint.async_save=True',
+    # The emulator lacks the conditional writes OCDBT's manifest needs ('Malformed StorageGeneration').
+    '--config.checkpoint.ocdbt=False',
+  ]
   _run(emulator, *train, '--config.total_steps=10')
   rows = _rows(emulator, run)
   assert [r['step'] for r in rows] == [5, 10]
@@ -80,13 +92,15 @@ def test_train_resume_export_and_load_in_a_bucket(emulator):
   rows = _rows(emulator, run)
   assert [r['step'] for r in rows] == [5, 10, 15]  # appended (the object rewritten whole)
   _run(emulator, '-m', 'superclip_jax.export', '--workdir', run, '--out', 'gs://bucket/model')
-  code = ('import superclip_jax, numpy as np; m = superclip_jax.load("gs://bucket/model"); '
-          'e = m.encode_text(["red square , top left"]); print(m.step, e.shape, float(np.linalg.norm(e)))')
+  code = (
+    'import superclip_jax, numpy as np; m = superclip_jax.load("gs://bucket/model"); '
+    'e = m.encode_text(["red square , top left"]); print(m.step, e.shape, float(np.linalg.norm(e)))'
+  )
   out = _run(emulator, '-c', code).stdout.split()
   assert out[0] == '15' and abs(float(out[-1]) - 1.0) < 1e-4
 
 
-LOCK_CHECK = r'''
+LOCK_CHECK = r"""
 import json, os, time
 import fsspec
 from superclip_jax import workdir_lock
@@ -112,7 +126,7 @@ taker = workdir_lock.DirectoryLock('gs://bucket/locked', stale_seconds=300).acqu
 assert json.loads(fs.cat_file('bucket/locked/.lock'))['pid'] == os.getpid()
 taker.release()
 print('ok')
-'''
+"""
 
 
 def test_one_writer_per_bucket_workdir(emulator):

@@ -24,15 +24,14 @@ def _all_records(out_dir):
 
 def test_brace_expansion():
   assert sources.expand_braces('/d/{00008..00011}.tar') == [f'/d/000{i:02d}.tar' for i in (8, 9, 10, 11)]
-  assert sources.expand_braces('/d/{a,b}/x-{1..2}.tar') == ['/d/a/x-1.tar', '/d/a/x-2.tar', '/d/b/x-1.tar',
-                                                             '/d/b/x-2.tar']
+  assert sources.expand_braces('/d/{a,b}/x-{1..2}.tar') == ['/d/a/x-1.tar', '/d/a/x-2.tar', '/d/b/x-1.tar', '/d/b/x-2.tar']
 
 
 def test_webdataset_round_trip(tmp_path):
   corpus.write_tar(str(tmp_path / 'in' / '00000.tar'), corpus.good_members(9))
   corpus.write_tar(str(tmp_path / 'in' / '00001.tar'), corpus.good_members(6, start=9))
   out = str(tmp_path / 'shards')
-  manifest = build.build(f"webdataset:{tmp_path}/in/{{00000..00001}}.tar", out, workers=2, progress=False)
+  manifest = build.build(f'webdataset:{tmp_path}/in/{{00000..00001}}.tar', out, workers=2, progress=False)
   assert manifest['num_records'] == 15 and [s['num_records'] for s in manifest['shards']] == [9, 6]
   assert manifest['skipped'] == {}
   assert manifest['repaired'] == {'reencoded_png': 5, 'reencoded_webp': 5}
@@ -40,15 +39,15 @@ def test_webdataset_round_trip(tmp_path):
   tok = tokenizer_lib.load_tokenizer('clip')
   members = dict(corpus.good_members(15))
   for r in recs:
-    assert r['caption'] == f"a picture number {int(r['key'])} with a square"
+    assert r['caption'] == f'a picture number {int(r["key"])} with a square'
     assert r['tokens'].tolist() == tok.with_specials(tok.encode(r['caption']), 77)
     assert r['label'] == int(r['key']) % 3
     decoded = np.asarray(Image.open(io.BytesIO(r['image'])))
     assert decoded.shape == (40, 48, 3)
-    if f"{r['key']}.jpg" in members:
-      assert r['image'] == members[f"{r['key']}.jpg"]  # RGB JPEG kept byte for byte
+    if f'{r["key"]}.jpg' in members:
+      assert r['image'] == members[f'{r["key"]}.jpg']  # RGB JPEG kept byte for byte
     else:
-      name = next(f"{r['key']}.{e}" for e in ('png', 'webp') if f"{r['key']}.{e}" in members)
+      name = next(f'{r["key"]}.{e}' for e in ('png', 'webp') if f'{r["key"]}.{e}' in members)
       source = np.asarray(Image.open(io.BytesIO(members[name])).convert('RGB'))
       assert np.abs(decoded.astype(int) - source).mean() < 3  # re-encoded as JPEG quality 95
   n, df = records.read_doc_freq(out)
@@ -109,18 +108,18 @@ def test_imagefolder_layout_makes_templated_captions_and_labels(tmp_path):
     (tmp_path / 'in' / name).mkdir(parents=True)
     for i in range(3):
       Image.fromarray(corpus.picture(10 * label + i)).save(tmp_path / 'in' / name / f'{i}.png')
-  manifest = build.build(f"folder:{tmp_path / 'in'}", str(tmp_path / 'out'), template='a photo of a {}.',
-                         progress=False)
+  manifest = build.build(f'folder:{tmp_path / "in"}', str(tmp_path / 'out'), template='a photo of a {}.', progress=False)
   assert manifest['class_names'] == ['golden_retriever', 'tabby_cat']
   _, recs = _all_records(str(tmp_path / 'out'))
   assert [(r['caption'], r['label']) for r in recs] == [('a photo of a golden retriever.', 0)] * 3 + [
-      ('a photo of a tabby cat.', 1)] * 3
+    ('a photo of a tabby cat.', 1)
+  ] * 3
 
 
 def test_resumable_and_reproducible(tmp_path):
   for i in range(3):
     corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(4, start=4 * i))
-  src = f"webdataset:{tmp_path}/in/{{00000..00002}}.tar"
+  src = f'webdataset:{tmp_path}/in/{{00000..00002}}.tar'
   out = tmp_path / 'out'
   build.build(src, str(out), progress=False)
   first = {p: (out / p).read_bytes() for p in os.listdir(out) if p.endswith('.array_record')}
@@ -147,12 +146,20 @@ def _shard_bytes(out):
 
 def test_a_key_in_two_tars_is_kept_once_in_input_order(tmp_path):
   corpus.write_tar(str(tmp_path / 'in' / '00000.tar'), corpus.good_members(4))
-  corpus.write_tar(str(tmp_path / 'in' / '00001.tar'), corpus.good_members(2, start=4)
-                   + _recaptioned(corpus.good_members(1, start=1), 'a later copy') + corpus.good_members(1, start=6))
+  corpus.write_tar(
+    str(tmp_path / 'in' / '00001.tar'),
+    corpus.good_members(2, start=4)
+    + _recaptioned(corpus.good_members(1, start=1), 'a later copy')
+    + corpus.good_members(1, start=6),
+  )
   # A key of the tar before, two new keys, and the first new key again inside the same tar.
-  corpus.write_tar(str(tmp_path / 'in' / '00002.tar'), _recaptioned(corpus.good_members(1, start=5), 'a later copy')
-                   + corpus.good_members(2, start=7) + _recaptioned(corpus.good_members(1, start=7), 'a later copy'))
-  src = f"webdataset:{tmp_path}/in/{{00000..00002}}.tar"
+  corpus.write_tar(
+    str(tmp_path / 'in' / '00002.tar'),
+    _recaptioned(corpus.good_members(1, start=5), 'a later copy')
+    + corpus.good_members(2, start=7)
+    + _recaptioned(corpus.good_members(1, start=7), 'a later copy'),
+  )
+  src = f'webdataset:{tmp_path}/in/{{00000..00002}}.tar'
   out = tmp_path / 'out'
   manifest = build.build(src, str(out), workers=3, progress=False)
   assert [s['num_records'] for s in manifest['shards']] == [4, 3, 2]
@@ -193,8 +200,13 @@ def test_folder_rows_repeating_an_image_and_chunks(tmp_path):
   manifest = build.build(f'folder:{folder}', str(tmp_path / 'out'), records_per_shard=2, progress=False)
   assert manifest['skipped'] == {} and manifest['num_records'] == 5
   _, recs = _all_records(str(tmp_path / 'out'))
-  assert [(r['key'], r['caption']) for r in recs] == [('0.jpg', 'zero'), ('1.jpg', 'one'), ('0.jpg#1', 'zero again'),
-                                                      ('2.jpg', 'two'), ('0.jpg#2', 'zero thrice')]
+  assert [(r['key'], r['caption']) for r in recs] == [
+    ('0.jpg', 'zero'),
+    ('1.jpg', 'one'),
+    ('0.jpg#1', 'zero again'),
+    ('2.jpg', 'two'),
+    ('0.jpg#2', 'zero thrice'),
+  ]
 
 
 def test_unreadable_manifest_and_missing_inputs_name_the_file(tmp_path):
@@ -202,13 +214,14 @@ def test_unreadable_manifest_and_missing_inputs_name_the_file(tmp_path):
   with pytest.raises(ValueError, match='manifest.json'):
     records.read_manifest(str(tmp_path))
   with pytest.raises(UserError, match='nowhere'):
-    build.build(f"webdataset:{tmp_path}/nowhere/{{0..1}}.tar", str(tmp_path / 'o'), progress=False)
+    build.build(f'webdataset:{tmp_path}/nowhere/{{0..1}}.tar', str(tmp_path / 'o'), progress=False)
   with pytest.raises(ValueError, match='expected'):
     build.build('s3:bucket', str(tmp_path / 'o'), progress=False)
 
 
 def test_tfds_source_without_tfds_is_a_clear_error(tmp_path, monkeypatch):
   import sys
+
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # as if not installed
   with pytest.raises(ImportError, match='pip install tensorflow-datasets'):
     build.build('tfds:cifar10:test', str(tmp_path / 'o'), progress=False)

@@ -26,8 +26,7 @@ def _state_on(config, mesh_shape, devices, steps=0):
   state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
   if steps:
     step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
-    data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
-                                        pad_id=0, seed=5)
+    data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=5)
     b = config.data.global_batch_size
     with jax.set_mesh(mesh):
       for s in range(steps):
@@ -96,9 +95,11 @@ def test_incompatible_newest_checkpoint_stops_the_run_naming_the_leaf(tmp_path):
   ckpt.save(1, state.replace(step=state.step + 1), {}, config)
   ckpt.save(3, small, {}, other)
   ckpt.close()
-  with pytest.raises(checkpoint.IncompatibleCheckpoint,
-                     match=r"(?s)params\.image_tower\.proj: checkpoint \(64, 16\) float32, this run \(64, 32\).*"
-                           r"model\.embed_dim: checkpoint 16, this run 32"):
+  with pytest.raises(
+    checkpoint.IncompatibleCheckpoint,
+    match=r'(?s)params\.image_tower\.proj: checkpoint \(64, 16\) float32, this run \(64, 32\).*'
+    r'model\.embed_dim: checkpoint 16, this run 32',
+  ):
     checkpoint.Checkpointer(str(tmp_path), config).restore_latest(target, config)
 
 
@@ -111,17 +112,17 @@ def test_export_load_encode_matches_the_training_model(tmp_path):
   out = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
   model = export.load(out)
   assert set(model.params) == {'image_tower', 'text_tower', 'logit_scale'}  # no classifier, optimizer or IDF
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
-                                      pad_id=0, seed=4).batch(0, 6)
+  data = synthetic.SyntheticImageText(
+    image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=4
+  ).batch(0, 6)
   train_model = ModelDef(ModelConfig.from_config(config)).bind(jax.device_get(state.params))
-  np.testing.assert_allclose(model.encode_image(data['images']), train_model.encode_image(data['images']),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(model.encode_text(data['text']), train_model.encode_text(data['text']),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model.encode_image(data['images']), train_model.encode_image(data['images']), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model.encode_text(data['text']), train_model.encode_text(data['text']), rtol=1e-5, atol=1e-6)
   # Text given as strings goes through the export's own tokenizer.
   caption = synthetic.caption(5, 0)
-  np.testing.assert_allclose(model.encode_text([caption]),
-                             train_model.encode_text(model.tokenizer([caption])), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    model.encode_text([caption]), train_model.encode_text(model.tokenizer([caption])), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_init_from_export_takes_only_the_image_tower(tmp_path):
@@ -155,12 +156,14 @@ def test_init_from_export_takes_only_the_image_tower(tmp_path):
     moved = [np.abs(t - f).max() for t, f in zip(jax.tree.leaves(trained[part]), jax.tree.leaves(fresh[part]))]
     assert 0 < max(moved) < 0.01, (part, max(moved))
   projection = trained['text_tower']['text_projection']
-  assert (np.abs(projection - fresh['text_tower']['text_projection']).max()
-          < 0.1 * np.abs(projection - source['text_tower']['text_projection']).max())
+  assert (
+    np.abs(projection - fresh['text_tower']['text_projection']).max()
+    < 0.1 * np.abs(projection - source['text_tower']['text_projection']).max()
+  )
   bad = _config()
   bad.model.embed_dim = 48
   bad.init_from = exported
-  with pytest.raises(UserError, match=r"image_tower\.proj: shape \(64, 32\) in .*, \(64, 48\) here"):
+  with pytest.raises(UserError, match=r'image_tower\.proj: shape \(64, 32\) in .*, \(64, 48\) here'):
     train.run(bad, str(tmp_path / 'bad'))
 
 

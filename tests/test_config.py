@@ -15,6 +15,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 def _load(path):
   import importlib.util
+
   spec = importlib.util.spec_from_file_location('cfg', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -53,7 +54,21 @@ def test_clip_variant_needs_zero_cls_weight():
 def test_cli_rejects_misspelled_override():
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run(
-      [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '/tmp/unused',
-       '--config.loss.cls_wieght=2'], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.main',
+      '--config',
+      'configs/tiny.py',
+      '--workdir',
+      '/tmp/unused',
+      '--config.loss.cls_wieght=2',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert 'cls_wieght' in proc.stderr

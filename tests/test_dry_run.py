@@ -46,9 +46,22 @@ def test_dry_run_compiles_tiny_on_eight_devices_without_data():
 def test_dry_run_command_needs_no_data_and_reports():
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny_shards.py:/no/data',
-                         '--dry_run', '--config.mesh.shape=(2,1,2)'], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.main',
+      '--config',
+      'configs/tiny_shards.py:/no/data',
+      '--dry_run',
+      '--config.mesh.shape=(2,1,2)',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'per device total' in proc.stdout and 'fits                  yes' in proc.stdout
 
@@ -60,8 +73,13 @@ def test_b16_recipe_compiles_for_a_v5e_pod():
   except ImportError:
     pytest.skip('libtpu is not installed (pip install -r requirements-tpu.txt): cannot describe a TPU topology')
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/superclip_b16.py',
-                         '--dry_run', '--topology', 'v5e:16x16'], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=1800)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/superclip_b16.py', '--dry_run', '--topology', 'v5e:16x16'],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert proc.returncode in (0, 1), proc.stderr[-2000:]
   assert 'TPU v5' in proc.stdout and 'per device total' in proc.stdout

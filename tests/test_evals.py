@@ -20,10 +20,14 @@ def test_topk_perfect_chance_and_mixed_with_ties():
   assert zeroshot.topk_accuracy(perfect, labels, ks=(1, 2)) == {'top1': 1.0, 'top2': 1.0}
   constant = np.ones((4, 4))  # every class ties: ties count against, so no lucky hits
   assert zeroshot.topk_accuracy(constant, labels, ks=(1, 4)) == {'top1': 0.0, 'top4': 1.0}
-  mixed = np.array([[0.9, 0.1, 0.0, 0.0],   # right
-                    [0.5, 0.4, 0.3, 0.0],   # true class second
-                    [0.2, 0.2, 0.2, 0.1],   # tie for first with two others: rank 3
-                    [0.0, 0.0, 0.0, 0.1]])  # right
+  mixed = np.array(
+    [
+      [0.9, 0.1, 0.0, 0.0],  # right
+      [0.5, 0.4, 0.3, 0.0],  # true class second
+      [0.2, 0.2, 0.2, 0.1],  # tie for first with two others: rank 3
+      [0.0, 0.0, 0.0, 0.1],
+    ]
+  )  # right
   assert zeroshot.topk_accuracy(mixed, labels, ks=(1, 2, 3)) == {'top1': 0.5, 'top2': 0.75, 'top3': 1.0}
 
 
@@ -59,9 +63,11 @@ def test_retrieval_by_label():
 def test_linear_probe_separates_separable_features():
   rng = np.random.default_rng(0)
   centers = rng.normal(size=(4, 16)) * 3
+
   def sample(n):
     y = rng.integers(0, 4, n)
     return centers[y] + rng.normal(size=(n, 16)), y
+
   (xtr, ytr), (xte, yte) = sample(400), sample(200)
   result = linear_probe.linear_probe(xtr, ytr, xte, yte, steps=100)
   assert result['top1'] >= 0.97
@@ -83,8 +89,7 @@ def _env():
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_standalone_agrees(tmp_path):
   workdir = tmp_path / 'demo'
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/demo_mnist.py:steps=120',
-         '--workdir', str(workdir)]
+  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/demo_mnist.py:steps=120', '--workdir', str(workdir)]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
@@ -95,14 +100,20 @@ def test_demo_trains_evaluates_and_standalone_agrees(tmp_path):
   assert evals['zeroshot/zeroshot/top1'] > 0.3
   assert evals['linear_probe/probe/top1'] > 0.5
   assert evals['retrieval/retrieval/text_to_image_r1'] > 0.3
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.evaluate', '--config', 'configs/demo_mnist.py:steps=120',
-                         '--workdir', str(workdir)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.evaluate', '--config', 'configs/demo_mnist.py:steps=120', '--workdir', str(workdir)],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   standalone = json.loads(proc.stdout.strip().splitlines()[-1])
   # The demo's curves, as `make train` draws them.
-  plot = subprocess.run([sys.executable, '-m', 'superclip_jax.plot', str(workdir)], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  plot = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.plot', str(workdir)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert plot.returncode == 0, plot.stderr[-2000:]
   assert (workdir / 'curves.png').read_bytes()[:4] == b'\x89PNG'
   assert standalone['step'] == 120
@@ -110,11 +121,30 @@ def test_demo_trains_evaluates_and_standalone_agrees(tmp_path):
     if key.endswith(('top1', 'top5', '_r1', '_r5', '_r10')):
       assert value == pytest.approx(evals[key], abs=1e-6), key
   # And on an export.
-  subprocess.run([sys.executable, '-m', 'superclip_jax.export', '--workdir', str(workdir), '--out',
-                  str(tmp_path / 'model')], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300)
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.evaluate', '--config', 'configs/demo_mnist.py:steps=120',
-                         '--model', str(tmp_path / 'model')], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=600)
+  subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.export', '--workdir', str(workdir), '--out', str(tmp_path / 'model')],
+    cwd=ROOT,
+    env=_env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.evaluate',
+      '--config',
+      'configs/demo_mnist.py:steps=120',
+      '--model',
+      str(tmp_path / 'model'),
+    ],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   exported = json.loads(proc.stdout.strip().splitlines()[-1])
   assert exported['zeroshot/zeroshot/top1'] == pytest.approx(evals['zeroshot/zeroshot/top1'], abs=1e-6)

@@ -14,12 +14,11 @@ def _float64_weights(n, df):
   return np.log((float(n) + 1.0) / (np.asarray(df, np.float64) + 1.0))
 
 
-@pytest.mark.parametrize('start', [0, 2 ** 24 + 3, 2 ** 32 - 7, 3 * 2 ** 32 + 11, 12_800_000_000])
+@pytest.mark.parametrize('start', [0, 2**24 + 3, 2**32 - 7, 3 * 2**32 + 11, 12_800_000_000])
 def test_online_counts_exact_and_weights_match_float64(start):
   rng = np.random.default_rng(start % 1000)
   # Start from counts where some tokens appear in (almost) every sample, some in none.
-  df0 = np.array([start, max(start - 1, 0), start // 2, 0] + list(rng.integers(0, start + 1, V - 4)),
-                 dtype=np.uint64)
+  df0 = np.array([start, max(start - 1, 0), start // 2, 0] + list(rng.integers(0, start + 1, V - 4)), dtype=np.uint64)
   counts = idf.from_ints(start, df0)
   n_ref, df_ref = start, df0.astype(object)
   update = jax.jit(idf.update)
@@ -42,19 +41,19 @@ def test_online_counts_exact_and_weights_match_float64(start):
 
 def test_single_increments_past_two_to_the_24_are_not_lost():
   # A float32 counter would stay at 2^24 here; the uint32-pair counter must not.
-  counts = idf.from_ints(2 ** 24, np.array([2 ** 24, 7]))
+  counts = idf.from_ints(2**24, np.array([2**24, 7]))
   step = jax.jit(idf.update)
   for _ in range(3):
     counts = step(counts, 1, jnp.asarray([1, 0], jnp.int32))
   n, df = idf.to_ints(counts)
-  assert n == 2 ** 24 + 3 and df.tolist() == [2 ** 24 + 3, 7]
+  assert n == 2**24 + 3 and df.tolist() == [2**24 + 3, 7]
 
 
 def test_carry_across_words():
-  c = idf.from_ints(2 ** 32 - 1, np.array([2 ** 32 - 1, 5]))
+  c = idf.from_ints(2**32 - 1, np.array([2**32 - 1, 5]))
   c = idf.update(c, 2, jnp.asarray([2, 1], jnp.int32))
   n, df = idf.to_ints(c)
-  assert n == 2 ** 32 + 1 and list(df) == [2 ** 32 + 1, 6]
+  assert n == 2**32 + 1 and list(df) == [2**32 + 1, 6]
 
 
 def test_document_frequency_feeds_counts_like_numpy():
@@ -63,8 +62,9 @@ def test_document_frequency_feeds_counts_like_numpy():
   ids[:, 0] = V - 2  # SOT
   ids[:, 7] = V - 1  # EOT
   ids[:, 8:] = 0
-  bag = losses.first_occurrences(jnp.asarray(ids), losses.caption_positions(
-      jnp.asarray(ids), sot_id=V - 2, eot_id=V - 1, pad_id=0, mask_special=True))
+  bag = losses.first_occurrences(
+    jnp.asarray(ids), losses.caption_positions(jnp.asarray(ids), sot_id=V - 2, eot_id=V - 1, pad_id=0, mask_special=True)
+  )
   df = np.asarray(losses.document_frequency(jnp.asarray(ids), bag, V))
   expected = np.zeros(V, int)
   for row in ids:

@@ -18,7 +18,7 @@ def _modules() -> dict[str, str]:
       if name.endswith('.py'):
         path = os.path.join(folder, name)
         module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
-        out[module[:-len('.__init__')] if module.endswith('.__init__') else module] = path
+        out[module[: -len('.__init__')] if module.endswith('.__init__') else module] = path
   return out
 
 
@@ -90,13 +90,25 @@ def test_every_module_imports():
 
 # Lower layers never import upper ones: data and models know nothing of evaluation, training or commands,
 # and the config schema nothing of the evaluators that read it.
-UPPER = ('superclip_jax.evals', 'superclip_jax.train', 'superclip_jax.run_setup', 'superclip_jax.cli',
-         'superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench', 'superclip_jax.dry_run')
-LOWER = ('superclip_jax.data', 'superclip_jax.models', 'superclip_jax.config_defaults', 'superclip_jax.errors',
-         'superclip_jax.losses')
+UPPER = (
+  'superclip_jax.evals',
+  'superclip_jax.train',
+  'superclip_jax.run_setup',
+  'superclip_jax.cli',
+  'superclip_jax.main',
+  'superclip_jax.evaluate',
+  'superclip_jax.bench',
+  'superclip_jax.dry_run',
+)
+LOWER = (
+  'superclip_jax.data',
+  'superclip_jax.models',
+  'superclip_jax.config_defaults',
+  'superclip_jax.errors',
+  'superclip_jax.losses',
+)
 
 
 def test_no_upward_arrows():
-  upward = sorted((m, t) for m, targets in import_graph().items() if m.startswith(LOWER)
-                  for t in targets if t.startswith(UPPER))
+  upward = sorted((m, t) for m, targets in import_graph().items() if m.startswith(LOWER) for t in targets if t.startswith(UPPER))
   assert upward == []

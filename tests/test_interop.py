@@ -128,7 +128,7 @@ def test_open_clip_converts_with_equal_outputs_and_back_exactly(tmp_path, quick_
   assert loaded.config.quick_gelu == quick_gelu and loaded.config.image.heads == 2
   images, ids = _images(4, 32, seed=2), interop_torch.text_ids(4, 16, 49408, seed=3)
   ref = interop_torch.open_clip_outputs(model, images, ids)
-  _compare(f"open_clip {'quickgelu' if quick_gelu else 'gelu'} -> ours", loaded, ref, images, ids)
+  _compare(f'open_clip {"quickgelu" if quick_gelu else "gelu"} -> ours', loaded, ref, images, ids)
   back = str(tmp_path / 'back')
   convert.main(['--to', 'open_clip', '--src', out, '--out', back])
   sd = tensors.read_file(os.path.join(back, 'open_clip_model.safetensors'))
@@ -167,6 +167,7 @@ def test_superclip_layout_with_head(tmp_path):
 
 def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
   from safetensors.torch import save_file
+
   x = torch.randn(3, 5).to(torch.bfloat16)
   save_file({'w': x, 'n': torch.arange(4)}, str(tmp_path / 'bf16.safetensors'))
   got = tensors.read_file(str(tmp_path / 'bf16.safetensors'))
@@ -203,11 +204,18 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
     conversions.read_foreign('openai', str(tmp_path / 'jit.pt'))
   # MLP widths whose ratio does not survive float rounding (480 / 352 * 352 < 480) still fit.
   from superclip_jax.interop import openclip
+
   assert int(352 * openclip._mlp_ratio(np.zeros((480, 1)), 352)) == 480
   # Width 100 is no multiple of 64: the heads must be given.
   with pytest.raises(UserError, match='--image-heads'):
-    openclip.infer_config({'visual.conv1.weight': np.zeros((100, 3, 8, 8)), 'visual.positional_embedding':
-                           np.zeros((17, 100)), 'visual.proj': np.zeros((100, 8))}, quick_gelu=False)
+    openclip.infer_config(
+      {
+        'visual.conv1.weight': np.zeros((100, 3, 8, 8)),
+        'visual.positional_embedding': np.zeros((17, 100)),
+        'visual.proj': np.zeros((100, 8)),
+      },
+      quick_gelu=False,
+    )
 
 
 def _photo(seed, size):
@@ -215,6 +223,7 @@ def _photo(seed, size):
   import io
 
   from PIL import Image
+
   base = corpus.picture(seed, size).astype(np.float32)
   noise = np.random.default_rng(seed).normal(0, 12, base.shape)
   img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
@@ -224,6 +233,7 @@ def _photo(seed, size):
 @pytest.mark.parametrize('size', [224, 32])
 def test_preprocess_matches_open_clip_eval_transform(size, hf_model):
   from superclip_jax.data import transforms
+
   reference = open_clip.transform.image_transform(size, is_train=False)
   mean, std = np.asarray(export.CLIP_MEAN, np.float32), np.asarray(export.CLIP_STD, np.float32)
   worst = 0.0
@@ -239,12 +249,14 @@ def test_preprocess_matches_open_clip_eval_transform(size, hf_model):
   if size == 32:  # the loaded model's own preprocess, for PIL images and arrays alike
     model = export.load(hf_model[2])
     photo = _photo(0, (640, 480))
-    np.testing.assert_array_equal(model.preprocess([photo, np.asarray(photo)]),
-                                  np.concatenate([transforms.clip_preprocess(photo, 32, mean, std)] * 2))
+    np.testing.assert_array_equal(
+      model.preprocess([photo, np.asarray(photo)]), np.concatenate([transforms.clip_preprocess(photo, 32, mean, std)] * 2)
+    )
 
 
 def _tiny_image_folder(root, classes=('cat', 'dog'), per_class=4):
   from PIL import Image
+
   for label, name in enumerate(classes):
     os.makedirs(root / name, exist_ok=True)
     for i in range(per_class):
@@ -255,12 +267,14 @@ def test_converted_model_evaluates(hf_model, tmp_path):
   from superclip_jax import config_defaults, evaluate
   from superclip_jax.data import build
   from superclip_jax.evals.registry import evaluator
+
   _tiny_image_folder(tmp_path / 'images')
   shards = str(tmp_path / 'shards')
-  build.build(f"folder:{tmp_path / 'images'}", shards, template='a photo of a {}.', progress=False)
+  build.build(f'folder:{tmp_path / "images"}', shards, template='a photo of a {}.', progress=False)
   config = config_defaults.default_config()
-  config.evals.zeroshot = evaluator(kind='zeroshot', shards=shards, class_names='manifest',
-                                    templates=('a photo of a {}.',), batch_size=8)
+  config.evals.zeroshot = evaluator(
+    kind='zeroshot', shards=shards, class_names='manifest', templates=('a photo of a {}.',), batch_size=8
+  )
   config.evals.retrieval = evaluator(kind='retrieval', shards=shards, batch_size=8, match='label')
   result = evaluate.evaluate(config, model_dir=hf_model[2])
   assert result['model'] == hf_model[2]
@@ -271,8 +285,10 @@ def test_converted_model_evaluates(hf_model, tmp_path):
 def _small_superclip(tmp_path):
   """A SuperCLIP-layout checkpoint sized as test_sharded_step.small_config(), converted; (export dir, config)."""
   from test_sharded_step import small_config
-  model = interop_torch.open_clip_model(open_clip, False, vocab=64, width=64, head_width=32, text_heads=2, image=16,
-                                        ctx=16, embed=32, seed=7)
+
+  model = interop_torch.open_clip_model(
+    open_clip, False, vocab=64, width=64, head_width=32, text_heads=2, image=16, ctx=16, embed=32, seed=7
+  )
   sd, _ = interop_torch.superclip_state_dict(model, 64, seed=8)
   src = str(tmp_path / 'small.safetensors')
   tensors.write_safetensors(src, {k: v.numpy() for k, v in sd.items()})
@@ -292,6 +308,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   from superclip_jax import losses, train, train_state, train_step
   from superclip_jax.data import synthetic
   from superclip_jax.models.superclip import ModelConfig
+
   out, config = _small_superclip(tmp_path)
   config.total_steps = 20
   rows = train.run(config, str(tmp_path / 'run'))
@@ -299,8 +316,9 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   # The expected first loss: the converted model's forward on the first batch, as the step computes it.
   cfg = ModelConfig.from_config(config)
   _, params = conversions.read_ours(out)
-  batch = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63,
-                                       pad_id=0, seed=config.seed).batch(0, config.data.global_batch_size)
+  batch = synthetic.SyntheticImageText(
+    image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=config.seed
+  ).batch(0, config.data.global_batch_size)
   state = SimpleNamespace(idf_counts=train_state.initial_idf_counts(config, cfg.variant))
   targets, _ = train_step._token_targets(config, cfg, state, batch)
   outputs = ModelDef(cfg).bind(jax.tree.map(np.asarray, params))(batch['images'], batch['text'])
@@ -314,6 +332,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   # A training workdir converts out directly, its trained token classifier included.
   from superclip_jax import checkpoint
   from superclip_jax.interop import openclip
+
   convert.main(['--to', 'open_clip', '--src', str(tmp_path / 'run'), '--out', str(tmp_path / 'oc'), '--format', 'bin'])
   final, _ = checkpoint.latest_checkpoint_dir(str(tmp_path / 'run'))
   want_sd, want_head = openclip.from_params(checkpoint.read_numpy_tree(os.path.join(final, 'state'))['params'])
@@ -323,6 +342,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
 
 def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
   from superclip_jax import checkpoint, train
+
   out, config = _small_superclip(tmp_path)
   config.total_steps = 2
   config.init_image_tower_only = True
@@ -335,8 +355,11 @@ def test_lit_from_a_converted_model_and_clear_size_errors(tmp_path):
   assert not np.array_equal(trained['text_tower']['token_embedding'], source['text_tower']['token_embedding'])
   _, bad = _small_superclip(tmp_path / 'bad')
   bad.model.context_length = 8
-  with pytest.raises(UserError, match=r'context_length 16; this config has model.context_length=8: set '
-                                      r'--config.model.context_length=16'):
+  with pytest.raises(
+    UserError,
+    match=r'context_length 16; this config has model.context_length=8: set '
+    r'--config.model.context_length=16',
+  ):
     train.run(bad, str(tmp_path / 'bad_run'))
   bad.model.context_length = 16
   bad.model.quick_gelu = True  # no shape shows it: the export's model_config.json does

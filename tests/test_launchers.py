@@ -62,8 +62,9 @@ def _bash_array(path, name):
 
 
 def _jit_with_xla_flags(flags):
-  return subprocess.run([sys.executable, '-c', TRIVIAL_JIT], env=_plain_env(XLA_FLAGS=' '.join(flags)),
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-c', TRIVIAL_JIT], env=_plain_env(XLA_FLAGS=' '.join(flags)), capture_output=True, text=True, timeout=300
+  )
 
 
 def test_slurm_xla_flags_parse_with_this_jaxlib():
@@ -110,6 +111,7 @@ def test_tpu_pod_libtpu_flags_parse_with_this_libtpu():
 
 # ---- What each launcher hands its command, with the cluster tools faked --------------------------
 
+
 def _fake_tool(tmp_path, name, body):
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir(exist_ok=True)
@@ -121,13 +123,18 @@ def _fake_tool(tmp_path, name, body):
 
 def test_slurm_script_sets_the_a3_flags_before_the_users_and_reports_the_step_status(tmp_path):
   # A fake srun prints what the tasks would get, and fails as JAX does when a peer dies.
-  bin_dir = _fake_tool(tmp_path, 'srun', 'printf "%s\\n" "XLA_FLAGS=$XLA_FLAGS" "MEM=$XLA_PYTHON_CLIENT_MEM_FRACTION" '
-                       '"NCCL_DEBUG=$NCCL_DEBUG" "ARGS=$*"; exit "${FAKE_STATUS:-0}"\n')
+  bin_dir = _fake_tool(
+    tmp_path,
+    'srun',
+    'printf "%s\\n" "XLA_FLAGS=$XLA_FLAGS" "MEM=$XLA_PYTHON_CLIENT_MEM_FRACTION" '
+    '"NCCL_DEBUG=$NCCL_DEBUG" "ARGS=$*"; exit "${FAKE_STATUS:-0}"\n',
+  )
   env = _plain_env(PATH=bin_dir + os.pathsep + os.environ['PATH'])
   env.pop('XLA_PYTHON_CLIENT_MEM_FRACTION', None)
   env.pop('NCCL_DEBUG', None)
-  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w', '--config.seed=3'], env=env,
-                        capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    ['bash', SLURM, 'configs/tiny.py', '/tmp/w', '--config.seed=3'], env=env, capture_output=True, text=True, timeout=60
+  )
   assert proc.returncode == 0, proc.stderr
   out = dict(line.split('=', 1) for line in proc.stdout.splitlines())
   assert out['XLA_FLAGS'].split() == _bash_array(SLURM, 'a3_xla_flags')
@@ -135,8 +142,13 @@ def test_slurm_script_sets_the_a3_flags_before_the_users_and_reports_the_step_st
   assert out['ARGS'].endswith('-m superclip_jax.main --config configs/tiny.py --workdir /tmp/w --config.seed=3')
 
   user = '--xla_gpu_all_reduce_combine_threshold_bytes=1073741824'
-  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], capture_output=True, text=True, timeout=60,
-                        env=env | {'XLA_FLAGS': user, 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.8', 'FAKE_STATUS': '134'})
+  proc = subprocess.run(
+    ['bash', SLURM, 'configs/tiny.py', '/tmp/w'],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=env | {'XLA_FLAGS': user, 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.8', 'FAKE_STATUS': '134'},
+  )
   assert proc.returncode == 134 and 'SIGABRT' in proc.stderr
   out = dict(line.split('=', 1) for line in proc.stdout.splitlines())
   assert out['XLA_FLAGS'].split()[-1] == user and out['MEM'] == '0.8'  # the user's flag last: it wins
@@ -147,16 +159,16 @@ def test_slurm_script_requeues_a_preempted_job(tmp_path):
   _fake_tool(tmp_path, 'srun', 'exit 143\n')
   bin_dir = _fake_tool(tmp_path, 'scontrol', f'echo "$*" >> {tmp_path}/scontrol.txt\n')
   env = _plain_env(PATH=bin_dir + os.pathsep + os.environ['PATH'], SLURM_JOB_ID='77')
-  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env, capture_output=True, text=True,
-                        timeout=60)
+  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 143 and 'requeueing job 77' in proc.stderr, proc.stderr
   assert (tmp_path / 'scontrol.txt').read_text() == 'requeue 77\n'
   with open(SLURM) as f:
     header = f.read()
   assert '#SBATCH --requeue' in header and '#SBATCH --signal=TERM@300' in header
   (tmp_path / 'scontrol.txt').unlink()
-  proc = subprocess.run(['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env | {'REQUEUE': '0'},
-                        capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    ['bash', SLURM, 'configs/tiny.py', '/tmp/w'], env=env | {'REQUEUE': '0'}, capture_output=True, text=True, timeout=60
+  )
   assert proc.returncode == 143 and 'preempted' in proc.stderr and not (tmp_path / 'scontrol.txt').exists()
 
 
@@ -172,7 +184,7 @@ def test_tpu_pod_passes_the_libtpu_flags_to_the_workers_unless_set(tmp_path):
     command = proc.stdout.splitlines()[-1]  # the argument of --command
     assert command.endswith('python3 -m superclip_jax.main --config configs/tiny.py --workdir gs://b/w')
     # What a worker's shell gives the training process: run the command's last part with echo.
-    run = command[command.rindex('; ') + 2:].replace('python3 -m superclip_jax.main', 'printenv LIBTPU_INIT_ARGS #')
+    run = command[command.rindex('; ') + 2 :].replace('python3 -m superclip_jax.main', 'printenv LIBTPU_INIT_ARGS #')
     shown = subprocess.run(['bash', '-c', run], env=_plain_env(), capture_output=True, text=True, timeout=60)
     return shown.stdout.strip() if shown.returncode == 0 else None
 
@@ -185,19 +197,24 @@ def test_bench_gpu_keeps_the_recipes_remat_unless_asked_and_prints_mfu_na(tmp_pa
   # A fake python answers the backend query as a GPU would and prints a report without an MFU
   # (a device kind missing from the peak table); the summary runs in the real Python.
   args_log = tmp_path / 'args.log'
-  report = ('{"step_time_s": 0.25, "images_per_sec": 2048.0, "mfu": null, "peak_source": "none", "remat": "dots", '
-            '"superclip_over_clip_step_ratio": 1.1, "devices": 1, "device_kind": "NVIDIA Future GPU"}')
-  body = (f'case "$1" in\n'
-          f'  -c) echo gpu ;;\n'
-          f'  -m) echo "MEM=$XLA_PYTHON_CLIENT_MEM_FRACTION $*" >>{args_log}; echo \'{report}\' ;;\n'
-          f'  *) exec {sys.executable} "$@" ;;\n'
-          f'esac\n')
+  report = (
+    '{"step_time_s": 0.25, "images_per_sec": 2048.0, "mfu": null, "peak_source": "none", "remat": "dots", '
+    '"superclip_over_clip_step_ratio": 1.1, "devices": 1, "device_kind": "NVIDIA Future GPU"}'
+  )
+  body = (
+    f'case "$1" in\n'
+    f'  -c) echo gpu ;;\n'
+    f'  -m) echo "MEM=$XLA_PYTHON_CLIENT_MEM_FRACTION $*" >>{args_log}; echo \'{report}\' ;;\n'
+    f'  *) exec {sys.executable} "$@" ;;\n'
+    f'esac\n'
+  )
   fake_python = os.path.join(_fake_tool(tmp_path, 'python', body), 'python')
   env = _plain_env(PYTHON=fake_python, BATCHES='512 2048')
   env.pop('REMAT', None)
   env.pop('XLA_PYTHON_CLIENT_MEM_FRACTION', None)
-  proc = subprocess.run(['bash', BENCH_GPU, str(tmp_path / 'out')], env=env, cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    ['bash', BENCH_GPU, str(tmp_path / 'out')], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr
   runs = args_log.read_text().splitlines()
   assert len(runs) == 2 and all(r.startswith('MEM=0.92 ') and '--config.model.remat' not in r for r in runs)
@@ -206,8 +223,14 @@ def test_bench_gpu_keeps_the_recipes_remat_unless_asked_and_prints_mfu_na(tmp_pa
   assert summary[1].startswith('batch 2048:') and 'MFU n/a' in summary[1] and 'remat dots' in summary[1]
 
   args_log.unlink()
-  proc = subprocess.run(['bash', BENCH_GPU, str(tmp_path / 'out2')], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120, env=env | {'REMAT': 'full', 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.8'})
+  proc = subprocess.run(
+    ['bash', BENCH_GPU, str(tmp_path / 'out2')],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env | {'REMAT': 'full', 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.8'},
+  )
   assert proc.returncode == 0, proc.stderr
   runs = args_log.read_text().splitlines()
   assert all(r.startswith('MEM=0.8 ') and '--config.model.remat=full' in r for r in runs)

@@ -72,13 +72,16 @@ def _reference_cls_loss(logits, ids, w, mask_special):
   return np.mean(out)
 
 
-CAPTIONS = np.array([
-    [SOT, 5, 6, 5, 7, EOT, PAD, PAD, PAD, PAD],   # repeated token counts once
+CAPTIONS = np.array(
+  [
+    [SOT, 5, 6, 5, 7, EOT, PAD, PAD, PAD, PAD],  # repeated token counts once
     [SOT, 0, 3, EOT, PAD, PAD, PAD, PAD, PAD, PAD],  # a genuine pad-id token ("!") inside the caption
-    [SOT, 9, 9, 9, 9, 9, 9, 9, 9, EOT],           # full length
+    [SOT, 9, 9, 9, 9, 9, 9, 9, 9, EOT],  # full length
     [SOT, EOT, PAD, PAD, PAD, PAD, PAD, PAD, PAD, PAD],  # empty caption
-    [SOT, 4, 8, 12, 16, 20, 24, 28, 29, 2],       # truncated without EOT
-], np.int32)
+    [SOT, 4, 8, 12, 16, 20, 24, 28, 29, 2],  # truncated without EOT
+  ],
+  np.int32,
+)
 
 
 @pytest.mark.parametrize('mask_special', [True, False])
@@ -106,8 +109,7 @@ def test_token_bag_and_document_frequency():
       expected[t] += 1
   np.testing.assert_array_equal(df, expected)
   # The reference mode counts SOT, EOT and padding too.
-  ref_bag = losses.first_occurrences(ids, losses.caption_positions(
-      ids, sot_id=SOT, eot_id=EOT, pad_id=PAD, mask_special=False))
+  ref_bag = losses.first_occurrences(ids, losses.caption_positions(ids, sot_id=SOT, eot_id=EOT, pad_id=PAD, mask_special=False))
   df_ref = np.asarray(losses.document_frequency(ids, ref_bag, V))
   assert df_ref[SOT] == len(CAPTIONS) and df_ref[EOT] == 4 and df_ref[PAD] == 3
 
@@ -126,9 +128,12 @@ def test_special_tokens_only_caption_gives_zero_loss_and_finite_grads():
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad) == 0)
   # Zero weights on every present token (IDF of tokens in every caption) behave the same.
   valid = losses.caption_positions(jnp.asarray(CAPTIONS), sot_id=SOT, eot_id=EOT, pad_id=PAD, mask_special=True)
-  zero = losses.token_classification_loss(logits[:1].repeat(5, 0), jnp.asarray(CAPTIONS),
-                                          losses.first_occurrences(jnp.asarray(CAPTIONS), valid),
-                                          jnp.zeros((V,), jnp.float32))
+  zero = losses.token_classification_loss(
+    logits[:1].repeat(5, 0),
+    jnp.asarray(CAPTIONS),
+    losses.first_occurrences(jnp.asarray(CAPTIONS), valid),
+    jnp.zeros((V,), jnp.float32),
+  )
   assert float(zero) == 0.0
 
 
@@ -137,21 +142,20 @@ def test_gradients_are_finite():
   a = jnp.asarray(_unit(rng, (4, 8)), jnp.float32)
   b = jnp.asarray(_unit(rng, (4, 8)), jnp.float32)
   ids = jnp.asarray(CAPTIONS[:4])
-  bag = losses.first_occurrences(ids, losses.caption_positions(ids, sot_id=SOT, eot_id=EOT, pad_id=PAD,
-                                                               mask_special=True))
+  bag = losses.first_occurrences(ids, losses.caption_positions(ids, sot_id=SOT, eot_id=EOT, pad_id=PAD, mask_special=True))
 
   targets = {'token_ids': ids, 'bag': bag, 'token_weights': jnp.ones((V,))}
   terms = losses.LOSS_TERMS
 
   def f(a, b, scale, bias, z):
-    out = {'image_embedding': a, 'text_embedding': b, 'logit_scale': scale, 'logit_bias': bias,
-           'token_logits': z}
+    out = {'image_embedding': a, 'text_embedding': b, 'logit_scale': scale, 'logit_bias': bias, 'token_logits': z}
     soft = losses.compute_terms(out, targets, terms, losses.LossOptions('softmax'))
     sig = losses.compute_terms(out, targets, terms, losses.LossOptions('sigmoid'))
     return losses.total_loss(soft, {'cls_loss': 1.0}) + sig['contrastive_loss']
 
-  grads = jax.grad(f, argnums=(0, 1, 2, 3, 4))(a, b, jnp.float32(2.66), jnp.float32(-10.0),
-                                               jnp.asarray(rng.normal(size=(4, V)), jnp.float32))
+  grads = jax.grad(f, argnums=(0, 1, 2, 3, 4))(
+    a, b, jnp.float32(2.66), jnp.float32(-10.0), jnp.asarray(rng.normal(size=(4, V)), jnp.float32)
+  )
   assert all(np.all(np.isfinite(g)) for g in grads)
 
 
@@ -163,6 +167,7 @@ def test_total_is_weighted_sum_of_the_terms():
 def test_registry_gives_each_variant_its_terms_and_weights():
   from superclip_jax import config_defaults
   from superclip_jax.models.superclip import ModelConfig
+
   config = config_defaults.default_config()
   config.loss.cls_weight = 0.25
   names = lambda cfg: [t.name for t in losses.active_terms(cfg)]

@@ -11,8 +11,15 @@ from flax import nnx
 from superclip_jax.models import presets
 from superclip_jax.models.superclip import ModelConfig, ModelDef, SuperCLIP, TokenClassifier
 
-MU = ModelConfig(image=presets.IMAGE_TOWERS['mu/8'], text=presets.TEXT_TOWERS['mu'], embed_dim=32,
-                 image_size=16, vocab_size=64, context_length=12, eot_id=63)
+MU = ModelConfig(
+  image=presets.IMAGE_TOWERS['mu/8'],
+  text=presets.TEXT_TOWERS['mu'],
+  embed_dim=32,
+  image_size=16,
+  vocab_size=64,
+  context_length=12,
+  eot_id=63,
+)
 
 
 def _batch(b=3, cfg=MU):
@@ -30,7 +37,7 @@ def test_pooling_excludes_cls_and_averages_every_patch():
   head = TokenClassifier(width, 16, jnp.float32, rngs=nnx.Rngs(0))
   tokens = np.zeros((1, 5, width), np.float32)
   tokens[0, 0] = 1000.0  # CLS: must not leak into the pooled feature
-  tokens[0, 1] = 4.0     # the first patch: the reference dropped it until 2025-12-17
+  tokens[0, 1] = 4.0  # the first patch: the reference dropped it until 2025-12-17
   tokens[0, 2:] = np.arange(3)[:, None]
   pooled = np.asarray(head.pool(jnp.asarray(tokens)))
   np.testing.assert_allclose(pooled, np.full((1, width), (4.0 + 0 + 1 + 2) / 4))
@@ -60,7 +67,7 @@ def test_classifier_init_matches_method():
   head = TokenClassifier(width, vocab, jnp.float32, rngs=nnx.Rngs(0))
   kernel = np.asarray(head.head.kernel[...])
   assert kernel.shape == (width, vocab)
-  assert abs(kernel.std() - width ** -0.5) < 0.01 * width ** -0.5
+  assert abs(kernel.std() - width**-0.5) < 0.01 * width**-0.5
   assert abs(kernel.mean()) < 1e-3
   assert np.all(np.asarray(head.head.bias[...]) == 0)
 
@@ -76,14 +83,21 @@ def test_text_tower_pools_at_first_eot_and_is_causal():
   assert not np.allclose(model.encode_text(text.at[:, 2].set(17)), base, atol=1e-4)
 
 
-@pytest.mark.parametrize('variant,parts', [
+@pytest.mark.parametrize(
+  'variant,parts',
+  [
     ('superclip', {'image_embedding', 'text_embedding', 'token_logits', 'logit_scale'}),
     ('clip', {'image_embedding', 'text_embedding', 'logit_scale'}),
     ('superclass', {'token_logits'}),
-])
+  ],
+)
 def test_variants(variant, parts):
-  cfg = dataclasses.replace(MU, variant=variant, text=None if variant == 'superclass' else MU.text,
-                            contrastive='none' if variant == 'superclass' else 'softmax')
+  cfg = dataclasses.replace(
+    MU,
+    variant=variant,
+    text=None if variant == 'superclass' else MU.text,
+    contrastive='none' if variant == 'superclass' else 'softmax',
+  )
   model = SuperCLIP(cfg, rngs=nnx.Rngs(0))
   images, text = _batch()
   out = model(images, text)
@@ -157,8 +171,9 @@ def test_wrong_image_size_is_a_clear_error():
 
 @pytest.mark.parametrize('name', ['B/32', 'B/16', 'L/14', 'L/16'])
 def test_paper_sizes_build_abstractly(name):
-  cfg = ModelConfig(image=presets.IMAGE_TOWERS[name], text=presets.TEXT_TOWERS['L' if 'L' in name else 'B'],
-                    embed_dim=768 if 'L' in name else 512)
+  cfg = ModelConfig(
+    image=presets.IMAGE_TOWERS[name], text=presets.TEXT_TOWERS['L' if 'L' in name else 'B'], embed_dim=768 if 'L' in name else 512
+  )
   shapes = ModelDef(cfg).shapes()
   n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
   width = presets.IMAGE_TOWERS[name].width

@@ -33,8 +33,13 @@ def _env(devices=None):
 
 
 def _overrides(steps, *extra):
-  return [f'--config.total_steps={steps}', '--config.log_every_steps=5', '--config.checkpoint.every_steps=0',
-          '--config.checkpoint.preemption_check_every=1', *extra]
+  return [
+    f'--config.total_steps={steps}',
+    '--config.log_every_steps=5',
+    '--config.checkpoint.every_steps=0',
+    '--config.checkpoint.preemption_check_every=1',
+    *extra,
+  ]
 
 
 def two_processes(workdir, *overrides, steps=20, wait=True):
@@ -49,8 +54,16 @@ def two_processes(workdir, *overrides, steps=20, wait=True):
 
 
 def one_process(workdir, *overrides, steps=20):
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir),
-         *_overrides(steps, *overrides)]
+  cmd = [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    'configs/tiny.py',
+    '--workdir',
+    str(workdir),
+    *_overrides(steps, *overrides),
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=8), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   STDERR[str(workdir)] = proc.stderr
@@ -81,6 +94,7 @@ def test_two_processes_log_the_losses_of_one(tmp_path, mesh):
 
 def _flat(tree):
   import jax
+
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -103,6 +117,7 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
   stopped = checkpoint.latest_checkpoint_dir(str(tmp_path / 'cut'))[1]
   assert 5 <= stopped < steps
   import shutil
+
   shutil.copytree(tmp_path / 'cut', tmp_path / 'cut_one')  # the same checkpoint, continued by one process
   resumed = two_processes(tmp_path / 'cut', steps=steps)
   assert f'resuming at step {stopped}' in STDERR[str(tmp_path / 'cut')]  # not a retrain from step 0
@@ -110,8 +125,10 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
   for ra, rb in zip(straight, resumed):
     for key in KEYS:
       assert ra[key] == rb[key], (ra['step'], key)  # bitwise
-  final = [_flat(checkpoint.read_numpy_tree(os.path.join(d, 'checkpoints', str(steps), 'state')))
-           for d in (tmp_path / 'straight', tmp_path / 'cut')]
+  final = [
+    _flat(checkpoint.read_numpy_tree(os.path.join(d, 'checkpoints', str(steps), 'state')))
+    for d in (tmp_path / 'straight', tmp_path / 'cut')
+  ]
   for key in final[0]:
     np.testing.assert_array_equal(final[0][key], final[1][key], err_msg=key)
   # One process with 8 devices continues the 2-process checkpoint with the same samples.
@@ -120,12 +137,18 @@ def test_sigterm_resume_and_continue_on_another_process_count(tmp_path):
   _close(continued, straight)
   # init_from across process counts: a 1-process run starts from the 2-process checkpoint's weights,
   # which at learning rate 0 it keeps bit for bit.
-  init = one_process(tmp_path / 'init', f"--config.init_from={tmp_path / 'straight'}",
-                     '--config.optim.learning_rate=0', '--config.optim.schedule=constant', steps=5)
+  init = one_process(
+    tmp_path / 'init',
+    f'--config.init_from={tmp_path / "straight"}',
+    '--config.optim.learning_rate=0',
+    '--config.optim.schedule=constant',
+    steps=5,
+  )
   assert init[-1]['contrastive_loss'] < straight[0]['contrastive_loss'] - 0.5
   kept = _flat(checkpoint.read_numpy_tree(os.path.join(tmp_path / 'init', 'checkpoints', '5', 'state'))['params'])
-  for key, value in _flat(checkpoint.read_numpy_tree(
-      os.path.join(tmp_path / 'straight', 'checkpoints', str(steps), 'state'))['params']).items():
+  for key, value in _flat(
+    checkpoint.read_numpy_tree(os.path.join(tmp_path / 'straight', 'checkpoints', str(steps), 'state'))['params']
+  ).items():
     np.testing.assert_array_equal(kept[key], value, err_msg=key)
 
 
@@ -151,25 +174,39 @@ def test_evaluation_on_two_processes_gives_the_numbers_of_one(tmp_path):
   from PIL import Image
 
   from superclip_jax.data import build
+
   corpus.write_tar(str(tmp_path / 'in.tar'), corpus.good_members(21))
   build.build(f'webdataset:{tmp_path}/in.tar', str(tmp_path / 'shards'), progress=False)
   for label, name in enumerate(['red_thing', 'green_thing', 'blue_thing']):
     (tmp_path / 'folder' / name).mkdir(parents=True)
     for i in range(5):
       Image.fromarray(corpus.picture(7 * label + i)).save(tmp_path / 'folder' / name / f'{i}.jpg')
-  build.build(f"folder:{tmp_path / 'folder'}", str(tmp_path / 'labelled'), progress=False)
+  build.build(f'folder:{tmp_path / "folder"}', str(tmp_path / 'labelled'), progress=False)
   config = tmp_path / 'eval_config.py'
   config.write_text(EVAL_CONFIG.format(shards=str(tmp_path / 'shards'), labelled=str(tmp_path / 'labelled')))
   overrides = ['--config.total_steps=2', '--config.log_every_steps=1', '--config.checkpoint.every_steps=0']
-  proc = subprocess.run(['bash', LAUNCH, '2', str(config), str(tmp_path / 'two'), *overrides], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+    ['bash', LAUNCH, '2', str(config), str(tmp_path / 'two'), *overrides],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', str(config), '--workdir',
-                         str(tmp_path / 'one'), *overrides], cwd=ROOT, env=_env(devices=8), capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.main', '--config', str(config), '--workdir', str(tmp_path / 'one'), *overrides],
+    cwd=ROOT,
+    env=_env(devices=8),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  results = [{k: v for r in _rows(tmp_path / d) for k, v in r.items() if k.count('/') == 2
-              and not k.endswith('/seconds')} for d in ('two', 'one')]
+  results = [
+    {k: v for r in _rows(tmp_path / d) for k, v in r.items() if k.count('/') == 2 and not k.endswith('/seconds')}
+    for d in ('two', 'one')
+  ]
   assert len(results[0]) == 10 and results[0].keys() == results[1].keys()  # zero-shot top-1, retrieval, probe
   for key, value in results[1].items():
     assert results[0][key] == pytest.approx(value, abs=1e-6), key
@@ -181,9 +218,19 @@ def test_missing_peer_ends_the_job_with_a_message(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(tmp_path),
-         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0',
-         '--initialization_timeout=10']
+  cmd = [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    'configs/tiny.py',
+    '--workdir',
+    str(tmp_path),
+    f'--coordinator_address=127.0.0.1:{port}',
+    '--num_processes=2',
+    '--process_id=0',
+    '--initialization_timeout=10',
+  ]
   start = time.time()
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=2), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and time.time() - start < 120
@@ -195,8 +242,18 @@ def test_port_in_use_is_one_line(tmp_path):
     s.bind(('0.0.0.0', 0))
     s.listen()
     port = s.getsockname()[1]
-    cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(tmp_path),
-           f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0']
+    cmd = [
+      sys.executable,
+      '-m',
+      'superclip_jax.main',
+      '--config',
+      'configs/tiny.py',
+      '--workdir',
+      str(tmp_path),
+      f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2',
+      '--process_id=0',
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(devices=2), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert f'coordinator port {port} is in use' in proc.stderr and 'Traceback' not in proc.stderr
@@ -204,7 +261,13 @@ def test_port_in_use_is_one_line(tmp_path):
 
 def test_launcher_names_the_failing_process(tmp_path):
   # A bad override makes every process fail at start-up: the launcher says which and shows why.
-  proc = subprocess.run(['bash', LAUNCH, '2', 'configs/tiny.py', str(tmp_path), '--config.nope=1'], cwd=ROOT,
-                        env=_env(), capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    ['bash', LAUNCH, '2', 'configs/tiny.py', str(tmp_path), '--config.nope=1'],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert 'of 2 failed: exit status 2' in proc.stderr and "unknown config key 'nope'" in proc.stderr

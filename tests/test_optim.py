@@ -9,18 +9,33 @@ from superclip_jax import config_defaults, optim
 from superclip_jax.models import presets
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
-MU = ModelConfig(image=presets.IMAGE_TOWERS['mu/8'], text=presets.TEXT_TOWERS['mu'], embed_dim=32,
-                 image_size=16, vocab_size=64, context_length=12, eot_id=63)
+MU = ModelConfig(
+  image=presets.IMAGE_TOWERS['mu/8'],
+  text=presets.TEXT_TOWERS['mu'],
+  embed_dim=32,
+  image_size=16,
+  vocab_size=64,
+  context_length=12,
+  eot_id=63,
+)
 
 # Exactly the leaves that get weight decay: matrices, not biases, norms or the temperature.
 DECAYED = {
-    'image_tower/conv1', 'image_tower/positional_embedding', 'image_tower/proj',
-    'image_tower/transformer/attn_in/kernel', 'image_tower/transformer/attn_out/kernel',
-    'image_tower/transformer/mlp_fc/kernel', 'image_tower/transformer/mlp_proj/kernel',
-    'text_tower/token_embedding', 'text_tower/positional_embedding', 'text_tower/text_projection',
-    'text_tower/transformer/attn_in/kernel', 'text_tower/transformer/attn_out/kernel',
-    'text_tower/transformer/mlp_fc/kernel', 'text_tower/transformer/mlp_proj/kernel',
-    'token_classifier/head/kernel',
+  'image_tower/conv1',
+  'image_tower/positional_embedding',
+  'image_tower/proj',
+  'image_tower/transformer/attn_in/kernel',
+  'image_tower/transformer/attn_out/kernel',
+  'image_tower/transformer/mlp_fc/kernel',
+  'image_tower/transformer/mlp_proj/kernel',
+  'text_tower/token_embedding',
+  'text_tower/positional_embedding',
+  'text_tower/text_projection',
+  'text_tower/transformer/attn_in/kernel',
+  'text_tower/transformer/attn_out/kernel',
+  'text_tower/transformer/mlp_fc/kernel',
+  'text_tower/transformer/mlp_proj/kernel',
+  'token_classifier/head/kernel',
 }
 
 
@@ -47,8 +62,7 @@ def _config(**optim_overrides):
 def test_decay_applies_only_to_masked_leaves():
   md = ModelDef(MU)
   params = md.init()
-  tx, _ = optim.make_optimizer(_config(learning_rate=0.1, warmup_steps=0, weight_decay=0.5),
-                               params, md.logical_axes(), 10)
+  tx, _ = optim.make_optimizer(_config(learning_rate=0.1, warmup_steps=0, weight_decay=0.5), params, md.logical_axes(), 10)
   state = tx.init(params)
   zero = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero, state, params)
@@ -72,8 +86,9 @@ def test_schedule_warmup_then_cosine_to_end():
 def test_freezing_by_regex_and_clipping():
   md = ModelDef(MU)
   params = md.init()
-  tx, _ = optim.make_optimizer(_config(frozen='image_tower/.*', warmup_steps=0, grad_clip_norm=1.0),
-                               params, md.logical_axes(), 10)
+  tx, _ = optim.make_optimizer(
+    _config(frozen='image_tower/.*', warmup_steps=0, grad_clip_norm=1.0), params, md.logical_axes(), 10
+  )
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   for name, u in _flat(updates).items():

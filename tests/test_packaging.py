@@ -14,12 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_config_reference_is_current():
   from superclip_jax import config_reference
+
   with open(os.path.join(ROOT, 'docs', 'config.md')) as f:
     assert f.read() == config_reference.render(), 'run: python -m superclip_jax.config_reference > docs/config.md'
 
 
 def test_every_config_key_is_documented():
   from superclip_jax import config_defaults, config_reference
+
   comments = config_reference.key_comments()
   assert all(comments.get(k) for k in config_defaults.flat_keys(config_defaults.default_config()))
 
@@ -51,26 +53,56 @@ def test_torch_and_torchvision_are_pinned_as_a_pair():
 
 
 def test_plot_draws_curves_of_what_changes_and_a_table_of_final_metrics(tmp_path):
-  rows = [{'step': s, 'loss': 5.0 - s / 10, 'contrastive_loss': 3.0, 'cls_loss': 2.0 - s / 10, 'logit_scale': 14.0,
-           'learning_rate': 1e-3, 'images_per_sec': 300.0, 'data/skipped_examples': 0} for s in (10, 20, 30)]
+  rows = [
+    {
+      'step': s,
+      'loss': 5.0 - s / 10,
+      'contrastive_loss': 3.0,
+      'cls_loss': 2.0 - s / 10,
+      'logit_scale': 14.0,
+      'learning_rate': 1e-3,
+      'images_per_sec': 300.0,
+      'data/skipped_examples': 0,
+    }
+    for s in (10, 20, 30)
+  ]
   # A zero-shot evaluation at two steps; retrieval and the probe once, at the end.
-  rows.append({'step': 20, 'zeroshot/zeroshot/top1': 0.4, 'zeroshot/zeroshot/top5': 0.8,
-               'zeroshot/zeroshot/seconds': 3.0})
-  rows.append({'step': 30, 'zeroshot/zeroshot/top1': 0.5, 'zeroshot/zeroshot/top5': 0.9,
-               'retrieval/coco/image_to_text_r1': 0.3, 'linear_probe/probe/top1': 0.7,
-               'linear_probe/probe/weight_decay': 1e-4, 'linear_probe/probe/seconds': 9.0})
+  rows.append({'step': 20, 'zeroshot/zeroshot/top1': 0.4, 'zeroshot/zeroshot/top5': 0.8, 'zeroshot/zeroshot/seconds': 3.0})
+  rows.append(
+    {
+      'step': 30,
+      'zeroshot/zeroshot/top1': 0.5,
+      'zeroshot/zeroshot/top5': 0.9,
+      'retrieval/coco/image_to_text_r1': 0.3,
+      'linear_probe/probe/top1': 0.7,
+      'linear_probe/probe/weight_decay': 1e-4,
+      'linear_probe/probe/seconds': 9.0,
+    }
+  )
   (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   from superclip_jax import plot
+
   chosen = plot.panels({'run': rows})
   assert [(p.title, p.keys, p.kind) for p in chosen] == [
-      ('losses', ('loss', 'contrastive_loss', 'cls_loss'), 'curves'),
-      ('temperature (logit scale)', ('logit_scale',), 'curves'),
-      ('learning rate', ('learning_rate',), 'curves'),
-      ('throughput (images/s)', ('images_per_sec',), 'curves'),
-      ('zeroshot', ('zeroshot/zeroshot/top1', 'zeroshot/zeroshot/top5'), 'curves'),
-      ('final metrics', ('loss', 'contrastive_loss', 'cls_loss', 'linear_probe/probe/top1',
-                         'retrieval/coco/image_to_text_r1', 'zeroshot/zeroshot/top1', 'zeroshot/zeroshot/top5'),
-       'table')]
+    ('losses', ('loss', 'contrastive_loss', 'cls_loss'), 'curves'),
+    ('temperature (logit scale)', ('logit_scale',), 'curves'),
+    ('learning rate', ('learning_rate',), 'curves'),
+    ('throughput (images/s)', ('images_per_sec',), 'curves'),
+    ('zeroshot', ('zeroshot/zeroshot/top1', 'zeroshot/zeroshot/top5'), 'curves'),
+    (
+      'final metrics',
+      (
+        'loss',
+        'contrastive_loss',
+        'cls_loss',
+        'linear_probe/probe/top1',
+        'retrieval/coco/image_to_text_r1',
+        'zeroshot/zeroshot/top1',
+        'zeroshot/zeroshot/top5',
+      ),
+      'table',
+    ),
+  ]
   # No curve panel is a single point, and no setting (the probe's weight decay) or timing is drawn.
   for p in chosen[:-1]:
     assert all(len(plot._series(rows, k)[0]) >= 2 for k in p.keys), p
@@ -88,30 +120,48 @@ def test_pip_install_into_a_fresh_venv_then_import_elsewhere(tmp_path):
   py = str(venv / 'bin' / 'python')
   # What `make train` installs: the package and its dependencies at CI's versions (pip's cache
   # makes this about 2 minutes). No PyTorch: training, evaluation and export need none.
-  proc = subprocess.run([py, '-m', 'pip', 'install', '-q', '-c', os.path.join(ROOT, 'constraints.txt'), ROOT],
-                        capture_output=True, text=True, timeout=1200)
+  proc = subprocess.run(
+    [py, '-m', 'pip', 'install', '-q', '-c', os.path.join(ROOT, 'constraints.txt'), ROOT],
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'deprecat' not in proc.stderr.lower(), proc.stderr[-2000:]
-  missing = subprocess.run([py, '-c', 'import importlib.util as u; print([m for m in ("torch", "torchvision") '
-                            'if u.find_spec(m)])'], capture_output=True, text=True, timeout=60)
+  missing = subprocess.run(
+    [py, '-c', 'import importlib.util as u; print([m for m in ("torch", "torchvision") if u.find_spec(m)])'],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert missing.stdout.strip() == '[]', missing.stdout
   # The GPU device descriptions (--dry_run --topology h200:8) are package data: installed with it.
-  probe = ('import superclip_jax, superclip_jax.train; from superclip_jax import compile_targets; '
-           "assert all(compile_targets.gpu_target_text(n) for n in compile_targets.GPU_TARGETS); "
-           'print(superclip_jax.__file__)')
-  proc = subprocess.run([py, '-c', probe],
-                        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+  probe = (
+    'import superclip_jax, superclip_jax.train; from superclip_jax import compile_targets; '
+    'assert all(compile_targets.gpu_target_text(n) for n in compile_targets.GPU_TARGETS); '
+    'print(superclip_jax.__file__)'
+  )
+  proc = subprocess.run([py, '-c', probe], cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert str(venv) in proc.stdout and ROOT not in proc.stdout
   # It trains, and the same command again says the run is complete and shows its final metrics.
-  train = [py, '-m', 'superclip_jax.main', '--config', os.path.join(ROOT, 'configs', 'tiny.py'), '--workdir',
-           str(tmp_path / 'tiny'), '--config.total_steps=4', '--config.log_every_steps=2']
+  train = [
+    py,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    os.path.join(ROOT, 'configs', 'tiny.py'),
+    '--workdir',
+    str(tmp_path / 'tiny'),
+    '--config.total_steps=4',
+    '--config.log_every_steps=2',
+  ]
   proc = subprocess.run(train, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   again = subprocess.run(train, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already complete at step 4' in again.stderr, again.stderr[-3000:]
-  table = again.stderr[again.stderr.index('final metrics (step 4):'):]
+  table = again.stderr[again.stderr.index('final metrics (step 4):') :]
   assert 'contrastive_loss' in table and 'logit_scale' in table
   # The console is the run's own: INFO lines come from the package's modules only (Orbax alone
   # wrote about 35 per save before).
@@ -119,6 +169,11 @@ def test_pip_install_into_a_fresh_venv_then_import_elsewhere(tmp_path):
   info_from = {line.split()[3].split(':')[0] for line in proc.stderr.splitlines() if re.match(r'I\d{4} ', line)}
   assert info_from and info_from <= ours, info_from - ours
   # A healthy checkpoint exports without a warning (Orbax's 'Metadata file does not exist' was one).
-  proc = subprocess.run([py, '-m', 'superclip_jax.export', '--workdir', str(tmp_path / 'tiny'), '--out',
-                         str(tmp_path / 'model')], cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [py, '-m', 'superclip_jax.export', '--workdir', str(tmp_path / 'tiny'), '--out', str(tmp_path / 'model')],
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0 and proc.stderr.strip() == '', proc.stderr[-3000:]

@@ -18,14 +18,13 @@ def shards(tmp_path_factory):
   corpus.write_tar(str(root / 'in' / '00000.tar'), corpus.good_members(12))
   corpus.write_tar(str(root / 'in' / '00001.tar'), corpus.good_members(N - 12, start=12))
   out = str(root / 'shards')
-  build.build(f"webdataset:{root}/in/{{00000..00001}}.tar", out, progress=False)
+  build.build(f'webdataset:{root}/in/{{00000..00001}}.tar', out, progress=False)
   return out
 
 
 def _config(shards, **kw):
   batch = kw.pop('batch_size', 4)
-  base = dict(shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=24, context_length=16,
-              seed=3)
+  base = dict(shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=24, context_length=16, seed=3)
   base.update(kw)
   return pipeline.PipelineConfig(**base)
 
@@ -80,7 +79,7 @@ def test_processes_rows_make_up_the_single_process_batch_in_training(shards, row
       for process_rows, batches in zip(rows, parts):
         local, n = batches[step][key], 0
         for start, stop in process_rows:
-          got[start:stop] = local[n:n + stop - start]
+          got[start:stop] = local[n : n + stop - start]
           n += stop - start
       np.testing.assert_array_equal(got, whole[step][key], err_msg=f'step {step} {key}')
 
@@ -119,7 +118,7 @@ def test_eval_mode_is_ordered_centre_crops_padded_at_the_end(shards, opened):
 def test_mixture_follows_weights(shards, tmp_path, opened):
   other = tmp_path / 'other'
   corpus.write_tar(str(tmp_path / 'o.tar'), corpus.good_members(5, start=500))
-  build.build(f"webdataset:{tmp_path}/o.tar", str(other), progress=False)
+  build.build(f'webdataset:{tmp_path}/o.tar', str(other), progress=False)
   it = opened(_config(shards, shard_dirs=[shards, str(other)], weights=(0.75, 0.25), batch_size=40))
   digits = np.concatenate([next(it)['text'][:, 4:6] for _ in range(5)])  # the first two digits of i
   tok = tokenizer_lib.load_tokenizer('clip')
@@ -130,16 +129,18 @@ def test_mixture_follows_weights(shards, tmp_path, opened):
 def test_corrupt_images_are_skipped_and_counted(tmp_path, opened):
   shard_dir = tmp_path / 'shards'
   corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(6))
-  build.build(f"webdataset:{tmp_path}/a.tar", str(shard_dir), progress=False)
+  build.build(f'webdataset:{tmp_path}/a.tar', str(shard_dir), progress=False)
   # Damage the stored data after the build: one undecodable image, one unparsable record.
   manifest = records.read_manifest(str(shard_dir))
   path = manifest['shards'][0]['path']
   import grain
+
   src = grain.sources.ArrayRecordDataSource([path])
   raw = [src[i] for i in range(len(src))]
   rec = records.decode_record(raw[2])
-  raw[2] = records.encode_record(key=rec['key'], image=b'\xff\xd8garbage', caption=rec['caption'],
-                                 tokens=rec['tokens'], label=rec['label'])
+  raw[2] = records.encode_record(
+    key=rec['key'], image=b'\xff\xd8garbage', caption=rec['caption'], tokens=rec['tokens'], label=rec['label']
+  )
   raw[4] = b'\x00not msgpack'
   del src
   writer = ArrayRecordWriter(path, 'group_size:1')
@@ -163,16 +164,21 @@ def test_long_captions_feed_cls_text(tmp_path, opened):
   import json
 
   from PIL import Image
+
   folder = tmp_path / 'f'
   folder.mkdir()
   Image.fromarray(corpus.picture(0)).save(folder / '0.jpg')
   Image.fromarray(corpus.picture(1)).save(folder / '1.jpg')
-  (folder / 'captions.jsonl').write_text('\n'.join([
-      json.dumps({'image': '0.jpg', 'caption': 'short', 'long_caption': 'word ' * 120}),
-      json.dumps({'image': '1.jpg', 'caption': 'only a short one'})]))
+  (folder / 'captions.jsonl').write_text(
+    '\n'.join(
+      [
+        json.dumps({'image': '0.jpg', 'caption': 'short', 'long_caption': 'word ' * 120}),
+        json.dumps({'image': '1.jpg', 'caption': 'only a short one'}),
+      ]
+    )
+  )
   build.build(f'folder:{folder}', str(tmp_path / 's'), progress=False)
-  batch = next(opened(_config(str(tmp_path / 's'), batch_size=2, train=False,
-                                             long_context_length=100)))
+  batch = next(opened(_config(str(tmp_path / 's'), batch_size=2, train=False, long_context_length=100)))
   assert batch['token_ids'].shape == (2, 100)
   assert batch['token_ids'][0, -1] == 49407  # the long caption, truncated with EOT kept
   np.testing.assert_array_equal(batch['token_ids'][1, :16], batch['text'][1])  # falls back to the short one
@@ -180,7 +186,7 @@ def test_long_captions_feed_cls_text(tmp_path, opened):
 
 def test_unreadable_shard_names_the_file(tmp_path, opened):
   corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(3))
-  build.build(f"webdataset:{tmp_path}/a.tar", str(tmp_path / 's'), progress=False)
+  build.build(f'webdataset:{tmp_path}/a.tar', str(tmp_path / 's'), progress=False)
   (tmp_path / 's' / 'shard-00000.array_record').write_bytes(b'not an array record file')
   with pytest.raises(UserError, match=str(tmp_path / 's')):
     next(opened(_config(str(tmp_path / 's'))))

@@ -20,8 +20,14 @@ RECIPES = ['superclip_b16.py', 'superclip_l16.py', 'clip_b16.py', 'supersiglip_b
 @pytest.mark.parametrize('name', RECIPES)
 def test_training_without_data_is_a_one_line_error(tmp_path, name):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.main', '--config', f'configs/{name}', '--workdir',
-                         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'superclip_jax.main', '--config', f'configs/{name}', '--workdir', str(tmp_path)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert 'no training data' in proc.stderr and 'CONFIG.py:data=DIR' in proc.stderr
 
@@ -30,6 +36,7 @@ def test_superclass_uses_its_own_learning_rate_and_no_projection():
   config = config_defaults.load_config_file(os.path.join(ROOT, 'configs', 'superclass_b16.py'))
   assert config.optim.learning_rate == 5e-4
   from superclip_jax.models.superclip import ModelConfig, ModelDef
+
   assert 'proj' not in ModelDef(ModelConfig.from_config(config)).shapes()['image_tower']
 
 
@@ -50,11 +57,17 @@ def fixture_shards(tmp_path_factory):
   for i in range(3):
     name = f'COCO_val2014_{i:012d}.jpg'
     Image.fromarray(corpus.picture(40 + i)).save(root / 'coco' / 'val2014' / name)
-    images.append({'filepath': 'val2014', 'filename': name, 'split': 'test', 'cocoid': i,
-                   'sentences': [{'raw': f'picture {i} caption {k}'} for k in range(5)]})
+    images.append(
+      {
+        'filepath': 'val2014',
+        'filename': name,
+        'split': 'test',
+        'cocoid': i,
+        'sentences': [{'raw': f'picture {i} caption {k}'} for k in range(5)],
+      }
+    )
   (root / 'coco' / 'dataset_coco.json').write_text(json.dumps({'images': images}))
-  build.build(f"coco_karpathy:{root / 'coco'},{root / 'coco' / 'dataset_coco.json'}", str(root / 'coco_test'),
-              progress=False)
+  build.build(f'coco_karpathy:{root / "coco"},{root / "coco" / "dataset_coco.json"}', str(root / 'coco_test'), progress=False)
   return {'data': root / 'data', 'imagenet': root / 'imagenet', 'coco': root / 'coco_test'}
 
 
@@ -62,11 +75,12 @@ def fixture_shards(tmp_path_factory):
 @pytest.mark.parametrize('name', RECIPES)
 def test_recipe_trains_two_steps_with_all_its_evaluators(tmp_path, fixture_shards, name):
   s = fixture_shards
-  arg = (f"data={s['data']},imagenet={s['imagenet']},imagenet_v2={s['imagenet']},coco={s['coco']},"
-         f"flickr={s['coco']},probe_train={s['imagenet']},bs=8,eval_every=1")
+  arg = (
+    f'data={s["data"]},imagenet={s["imagenet"]},imagenet_v2={s["imagenet"]},coco={s["coco"]},'
+    f'flickr={s["coco"]},probe_train={s["imagenet"]},bs=8,eval_every=1'
+  )
   config = config_defaults.load_config_file(os.path.join(ROOT, 'configs', name), arg)
-  expected = {'linear_probe'} if name == 'superclass_b16.py' else {'imagenet', 'imagenet_v2', 'coco', 'flickr',
-                                                                    'linear_probe'}
+  expected = {'linear_probe'} if name == 'superclass_b16.py' else {'imagenet', 'imagenet_v2', 'coco', 'flickr', 'linear_probe'}
   assert set(config.evals) == expected
   # The recipe, shrunk to run here: a tiny model, float32, two steps, OpenAI's 1,000 names with one template.
   config.model.image, config.model.text, config.model.embed_dim = 'mu/8', 'mu', 32

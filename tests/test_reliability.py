@@ -123,13 +123,11 @@ def test_no_usable_checkpoint_is_a_list_of_reasons(tmp_path):
 
 def _main(workdir, *overrides):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir),
-          *overrides], env
+  return [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir), *overrides], env
 
 
 def test_a_second_run_in_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path):
-  cmd, env = _main(tmp_path / 'w', '--config.total_steps=40', '--config.log_every_steps=10',
-                   '--config.checkpoint.every_steps=20')
+  cmd, env = _main(tmp_path / 'w', '--config.total_steps=40', '--config.log_every_steps=10', '--config.checkpoint.every_steps=20')
   first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   lock_file = tmp_path / 'w' / workdir_lock.LOCK_NAME
   deadline = time.time() + 300
@@ -142,7 +140,7 @@ def test_a_second_run_in_a_workdir_is_refused_and_the_first_is_unharmed(tmp_path
   assert time.time() - started < 60
   errors = [line for line in second.stderr.splitlines() if ': error: ' in line]
   holder = json.loads(lock_file.read_text())
-  assert len(errors) == 1 and f"is in use by a run on host {holder['host']}, process id {first.pid}" in errors[0]
+  assert len(errors) == 1 and f'is in use by a run on host {holder["host"]}, process id {first.pid}' in errors[0]
   _, stderr = first.communicate(timeout=600)
   assert first.returncode == 0, stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / 'w' / 'metrics.jsonl').read_text().splitlines()]
@@ -163,8 +161,9 @@ def test_a_second_build_into_one_out_is_refused(tmp_path):
 
 
 def test_sigterm_saves_then_exits_with_the_preempt_status(tmp_path):
-  cmd, env = _main(tmp_path / 'w', '--config.total_steps=2000', '--config.log_every_steps=5',
-                   '--config.checkpoint.preemption_check_every=1')
+  cmd, env = _main(
+    tmp_path / 'w', '--config.total_steps=2000', '--config.log_every_steps=5', '--config.checkpoint.preemption_check_every=1'
+  )
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics_file = tmp_path / 'w' / 'metrics.jsonl'
   deadline = time.time() + 300
@@ -185,9 +184,16 @@ def test_fingerprints_catch_one_flipped_bit_in_any_leaf():
   name = 'params.image_tower.proj'
   leaf = np.asarray(checkpoint.flat_names(state)[name]).copy()
   leaf.view(np.uint32).reshape(-1)[7] ^= 1 << 30  # one exponent bit: 1e-2 becomes about 1e36
-  flipped = state.replace(params=jax.tree_util.tree_map_with_path(
-      lambda path, x: jax.device_put(leaf, x.sharding) if 'proj' == checkpoint.key_name(path[-1])
-      and checkpoint.key_name(path[0]) == 'image_tower' else x, state.params))
+  flipped = state.replace(
+    params=jax.tree_util.tree_map_with_path(
+      lambda path, x: (
+        jax.device_put(leaf, x.sharding)
+        if 'proj' == checkpoint.key_name(path[-1]) and checkpoint.key_name(path[0]) == 'image_tower'
+        else x
+      ),
+      state.params,
+    )
+  )
   after = checkpoint.fingerprints(flipped)
   assert [n for n in before if before[n] != after[n]] == [name]
 
@@ -213,8 +219,11 @@ def test_a_rebuild_from_other_inputs_is_refused_unless_overwrite(tmp_path):
   out = str(tmp_path / 'shards')
   assert build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False)['num_records'] == 4
   assert build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False)['num_records'] == 4  # the same: fine
-  with pytest.raises(UserError, match=rf"--out {out} holds shards built from 'webdataset:{tmp_path}/a.tar' with other "
-                                      r'inputs or options; give another --out, or --overwrite'):
+  with pytest.raises(
+    UserError,
+    match=rf"--out {out} holds shards built from 'webdataset:{tmp_path}/a.tar' with other "
+    r'inputs or options; give another --out, or --overwrite',
+  ):
     build.build(f'webdataset:{tmp_path}/b.tar', out, progress=False)
   with pytest.raises(UserError, match='other inputs or options'):  # the same input, another option
     build.build(f'webdataset:{tmp_path}/a.tar', out, progress=False, max_side=16)
@@ -235,8 +244,22 @@ def test_an_out_inside_the_source_folder_is_refused(tmp_path):
 def test_a_build_of_zero_records_exits_non_zero(tmp_path):
   corpus.write_tar(str(tmp_path / 'junk.tar'), [('k1.jpg', b'not an image'), ('k1.txt', b'a caption')])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source', f'webdataset:{tmp_path}/junk.tar',
-                         '--out', str(tmp_path / 'out')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.data.build',
+      '--source',
+      f'webdataset:{tmp_path}/junk.tar',
+      '--out',
+      str(tmp_path / 'out'),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert [line for line in proc.stderr.splitlines() if ': error: ' in line][0].endswith('nothing to train on')
 
@@ -257,8 +280,11 @@ def test_a_run_that_mostly_skips_updates_stops(tmp_path):
   config = _config(nonfinite='skip', total_steps=30, log_every_steps=5)
   config.optim.learning_rate = 1e30  # every update after the first is non-finite
   config.checkpoint.every_steps = 0
-  with pytest.raises(train.DegradedRun, match=r'14 of 15 updates were dropped as non-finite \(more than '
-                                              r'nonfinite_max_skipped=0.01\)'):
+  with pytest.raises(
+    train.DegradedRun,
+    match=r'14 of 15 updates were dropped as non-finite \(more than '
+    r'nonfinite_max_skipped=0.01\)',
+  ):
     train.run(config, str(tmp_path))
 
 
@@ -280,21 +306,30 @@ def test_malformed_samples_are_skipped_and_counted_and_the_build_finishes(tmp_pa
   outside = tmp_path / 'secret.png'
   Image.fromarray(corpus.picture(9)).save(outside)
   os.symlink(outside, src / 'link.png')
-  rows = [{'image': '0.png', 'caption': 'a good one', 'label': 3},
-          {'image': '1.png', 'caption': 12345},  # a number
-          {'image': '2.png', 'caption': None},
-          {'image': '3.png', 'caption': 'huge label', 'label': 2**70},
-          {'image': '0.png', 'caption': 'int64 label', 'label': 2**40},
-          ['0.png', 'a JSON array row'],
-          {'caption': 'no image field'},
-          {'image': 'link.png', 'caption': 'points outside'},
-          {'image': '1.png', 'caption': 'x' * 100_000}]  # cut before tokenizing
+  rows = [
+    {'image': '0.png', 'caption': 'a good one', 'label': 3},
+    {'image': '1.png', 'caption': 12345},  # a number
+    {'image': '2.png', 'caption': None},
+    {'image': '3.png', 'caption': 'huge label', 'label': 2**70},
+    {'image': '0.png', 'caption': 'int64 label', 'label': 2**40},
+    ['0.png', 'a JSON array row'],
+    {'caption': 'no image field'},
+    {'image': 'link.png', 'caption': 'points outside'},
+    {'image': '1.png', 'caption': 'x' * 100_000},
+  ]  # cut before tokenizing
   lines = [json.dumps(r) for r in rows] + ['{"image": "2.png", "caption": "torn']
   (src / 'captions.jsonl').write_text('\n'.join(lines) + '\n')
   manifest = build.build(f'folder:{src}', str(tmp_path / 'out'), progress=False)
   assert manifest['num_records'] == 2
-  assert manifest['skipped'] == {'caption_not_text': 1, 'missing_caption': 1, 'label_out_of_range': 2,
-                                 'row_not_object': 1, 'row_without_image': 1, 'outside_source': 1, 'row_not_json': 1}
+  assert manifest['skipped'] == {
+    'caption_not_text': 1,
+    'missing_caption': 1,
+    'label_out_of_range': 2,
+    'row_not_object': 1,
+    'row_without_image': 1,
+    'outside_source': 1,
+    'row_not_json': 1,
+  }
   assert manifest['repaired']['caption_cut'] == 1
   text = json.dumps(manifest)
   assert ' at 0x' not in text and 'secret' not in text
@@ -316,19 +351,28 @@ def test_an_oversized_tar_member_is_skipped_unread(tmp_path):
     class Zeros:
       def read(self, n):
         return zeros[:n]
+
     tar.addfile(info, Zeros())
   assert path.stat().st_size < 8 << 20
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   # The build's own peak memory (its one shard is built in-process), printed as its last line.
   # VmHWM, not ru_maxrss: the latter keeps the forking pytest process's size across exec.
-  measure = ('import runpy, sys\n'
-             'try:\n'
-             '  runpy.run_module("superclip_jax.data.build", run_name="__main__")\n'
-             'finally:\n'
-             '  hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]\n'
-             '  print("peak_kb", hwm, file=sys.stderr)\n')
-  proc = subprocess.run([sys.executable, '-c', measure, '--source', f'webdataset:{path}', '--out', str(tmp_path / 'out')],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  measure = (
+    'import runpy, sys\n'
+    'try:\n'
+    '  runpy.run_module("superclip_jax.data.build", run_name="__main__")\n'
+    'finally:\n'
+    '  hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]\n'
+    '  print("peak_kb", hwm, file=sys.stderr)\n'
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', measure, '--source', f'webdataset:{path}', '--out', str(tmp_path / 'out')],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   manifest = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
   assert manifest['num_records'] == 2 and manifest['skipped'].get('member_too_large') == 1
@@ -374,9 +418,22 @@ def test_a_stalled_server_is_a_counted_failure_within_the_deadline(tmp_path):
   env.update(SUPERCLIP_READ_TIMEOUT_S='3', SUPERCLIP_DOWNLOAD_RETRIES='1', SUPERCLIP_DOWNLOAD_BACKOFF_S='0.1')
   started = time.time()
   try:
-    proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source',
-                           f'webdataset:{url}/{{good,stalled}}.tar', '--out', str(tmp_path / 'out')],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'superclip_jax.data.build',
+        '--source',
+        f'webdataset:{url}/{{good,stalled}}.tar',
+        '--out',
+        str(tmp_path / 'out'),
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
   finally:
     release.set()
     server.shutdown()
@@ -400,8 +457,11 @@ def test_resuming_at_another_global_batch_is_refused(tmp_path):
 def test_a_safetensors_file_with_a_hostile_header_is_one_clear_error(tmp_path):
   bad = tmp_path / 'model.safetensors'
   bad.write_bytes(struct.pack('<Q', 2**62) + b'{}')
-  with pytest.raises(UserError, match=r'model.safetensors: not a valid safetensors file \(its header claims '
-                                      r'4611686018427387904 bytes; the file has 10\)'):
+  with pytest.raises(
+    UserError,
+    match=r'model.safetensors: not a valid safetensors file \(its header claims '
+    r'4611686018427387904 bytes; the file has 10\)',
+  ):
     tensors.read_file(str(bad))
   bad.write_bytes(struct.pack('<Q', 2) + b'{]')
   with pytest.raises(UserError, match='model.safetensors: not a valid safetensors file'):
@@ -414,8 +474,11 @@ def test_a_full_disk_is_one_line_naming_the_file(capsys):
       raise OSError(errno.ENOSPC, 'No space left on device', '/tmp/run/metrics.jsonl')
   assert exit_info.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('superclip_jax.main: error: no space left on the device writing '
-                                             '/tmp/run/metrics.jsonl (') and 'MiB free' in err[0]
+  assert (
+    len(err) == 1
+    and err[0].startswith('superclip_jax.main: error: no space left on the device writing /tmp/run/metrics.jsonl (')
+    and 'MiB free' in err[0]
+  )
 
 
 def test_evaluation_shards_of_another_tokenizer_are_refused(tmp_path):
@@ -423,8 +486,11 @@ def test_evaluation_shards_of_another_tokenizer_are_refused(tmp_path):
   build.build(f'webdataset:{tmp_path}/in.tar', str(tmp_path / 'eval'), progress=False)  # the CLIP BPE: 49,408
   config = _config()  # a 64-token vocabulary
   config.evals.zs = registry.evaluator(kind='retrieval', shards=str(tmp_path / 'eval'))
-  with pytest.raises(UserError, match=r'tokenizer mismatch with config.evals.zs.shards \(.*eval\): '
-                                      r'config.model.vocab_size=64 but the shards have 49408'):
+  with pytest.raises(
+    UserError,
+    match=r'tokenizer mismatch with config.evals.zs.shards \(.*eval\): '
+    r'config.model.vocab_size=64 but the shards have 49408',
+  ):
     registry.Evaluators(config, embedder=None)
 
 
@@ -470,6 +536,7 @@ def test_a_key_goes_to_its_first_usable_sample(tmp_path):
 
 def _records(out):
   import grain
+
   source = grain.sources.ArrayRecordDataSource([s['path'] for s in records.read_manifest(str(out))['shards']])
   return [records.decode_record(source[i]) for i in range(len(source))]
 
@@ -479,12 +546,30 @@ def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]  # nothing listens here once closed
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{port}', GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
-             FSSPEC_GCS_TOKEN='anon', NO_GCE_CHECK='true', SUPERCLIP_CONNECT_TIMEOUT_S='3')
+  env.update(
+    STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{port}',
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+    FSSPEC_GCS_TOKEN='anon',
+    NO_GCE_CHECK='true',
+    SUPERCLIP_CONNECT_TIMEOUT_S='3',
+  )
   started = time.time()
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.build', '--source',
-                         'webdataset:gs://bucket/shards/{00000..00099}.tar', '--out', str(tmp_path / 'out')],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.data.build',
+      '--source',
+      'webdataset:gs://bucket/shards/{00000..00099}.tar',
+      '--out',
+      str(tmp_path / 'out'),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2 and time.time() - started < 60, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if ': error: ' in line]
   assert len(errors) == 1 and 'gs://bucket/shards/00000.tar: cannot reach it' in errors[0], proc.stderr[-2000:]

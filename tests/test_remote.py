@@ -18,6 +18,7 @@ from superclip_jax.data import build, records, remote
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
   """Static files, plus /flaky-* (503 for the first two requests) and /cut-* (body cut short)."""
+
   hits: collections.Counter = collections.Counter()
 
   def log_message(self, *args):
@@ -74,8 +75,9 @@ def test_failed_downloads_are_retried_then_counted(server, tmp_path):
   root, url = server
   for i, name in enumerate(('good', 'flaky-ok', 'cut-tar')):
     corpus.write_tar(str(root / f'{name}.tar'), corpus.good_members(3, start=3 * i))
-  manifest = build.build(f'webdataset:{url}/{{good,flaky-ok,missing,cut-tar}}.tar', str(tmp_path / 'out'),
-                         workers=1, progress=False)
+  manifest = build.build(
+    f'webdataset:{url}/{{good,flaky-ok,missing,cut-tar}}.tar', str(tmp_path / 'out'), workers=1, progress=False
+  )
   assert manifest['num_records'] == 6  # good + flaky-ok (third attempt)
   assert manifest['skipped'] == {'unreadable_tar': 2}  # 404, and a body cut short on every attempt
   # Each tar is read twice: for its keys (the duplicate check), then for the shard.
@@ -91,8 +93,7 @@ def test_pipe_command_tars(tmp_path, monkeypatch):
   path = corpus.write_tar(str(tmp_path / 'a.tar'), corpus.good_members(3))
   manifest = build.build(f'webdataset:pipe:cat {path}', str(tmp_path / 'out'), progress=False)
   assert manifest['num_records'] == 3
-  manifest = build.build(f'webdataset:pipe:cat {tmp_path}/{{a,nowhere}}.tar', str(tmp_path / 'out2'),
-                         workers=1, progress=False)
+  manifest = build.build(f'webdataset:pipe:cat {tmp_path}/{{a,nowhere}}.tar', str(tmp_path / 'out2'), workers=1, progress=False)
   assert manifest['num_records'] == 3 and manifest['skipped'] == {'unreadable_tar': 1}
   assert 'status 1' in manifest['skip_examples']['unreadable_tar'][0]
 
@@ -104,7 +105,7 @@ def test_folders_over_http(server, tmp_path):
     for i in range(2):
       Image.fromarray(corpus.picture(10 * label + i)).save(root / 'pets' / name / f'{i}.jpg')
   manifest = build.build(f'folder:{url}/pets/', str(tmp_path / 'o1'), progress=False)
-  build.build(f"folder:{root / 'pets'}", str(tmp_path / 'o2'), progress=False)
+  build.build(f'folder:{root / "pets"}', str(tmp_path / 'o2'), progress=False)
   assert manifest['class_names'] == ['golden_retriever', 'tabby_cat'] and manifest['num_records'] == 4
   assert _shard_bytes(tmp_path / 'o1') == _shard_bytes(tmp_path / 'o2')
   (root / 'caps').mkdir()
@@ -119,12 +120,14 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
   """gs:// through gcsfs against gcp-storage-emulator (in memory, on 127.0.0.1)."""
   import importlib.util
   import socket
+
   if not (importlib.util.find_spec('gcsfs') and importlib.util.find_spec('gcp_storage_emulator')):
     pytest.skip('needs gcsfs and gcp-storage-emulator')
   # gcsfs reads its settings when first imported: the environment must be set before.
   if 'gcsfs' in sys.modules:
     pytest.skip('gcsfs was imported before this test could configure it')
   import fsspec
+
   sock = socket.socket()
   sock.bind(('127.0.0.1', 0))
   port = sock.getsockname()[1]
@@ -138,17 +141,18 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
   import logging
 
   from gcp_storage_emulator import server as emulator
+
   logging.getLogger('gcp_storage_emulator').setLevel(logging.CRITICAL)  # each expected 404 is logged as an ERROR
   server = emulator.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
   server.start()
   try:
     import gcsfs
+
     fs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
     for i in range(2):
       tar = corpus.write_tar(str(tmp_path / f'{i:05d}.tar'), corpus.good_members(3, start=3 * i))
       fs.pipe(f'bucket/tars/{i:05d}.tar', open(tar, 'rb').read())
-    manifest = build.build('webdataset:gs://bucket/tars/{00000..00002}.tar', str(tmp_path / 'o1'), workers=1,
-                           progress=False)
+    manifest = build.build('webdataset:gs://bucket/tars/{00000..00002}.tar', str(tmp_path / 'o1'), workers=1, progress=False)
     assert manifest['num_records'] == 6 and manifest['skipped'] == {'unreadable_tar': 1}
     manifest = build.build('webdataset:gs://bucket/tars/*.tar', str(tmp_path / 'glob'), workers=1, progress=False)
     assert [s['source'] for s in manifest['shards']] == ['gs://bucket/tars/00000.tar', 'gs://bucket/tars/00001.tar']
@@ -168,6 +172,7 @@ def test_missing_fsspec_driver_is_a_user_error(tmp_path, monkeypatch):
 
   def no_driver(protocol):
     raise ImportError(f'Install s3fs to access {protocol}')
+
   monkeypatch.setattr(fsspec, 'get_filesystem_class', no_driver)
   with pytest.raises(UserError, match='s3fs'):
     build.build('webdataset:s3://bucket/{0..1}.tar', str(tmp_path / 'out'), progress=False)
@@ -180,17 +185,23 @@ def s3(monkeypatch):
   pytest.importorskip('s3fs', reason='s3:// needs s3fs')
   moto_server = pytest.importorskip('moto.server', reason='pip install "moto[server]"')
   import socket
+
   with socket.socket() as sock:
     sock.bind(('127.0.0.1', 0))
     port = sock.getsockname()[1]
   server = moto_server.ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
   server.start()
   # Environment, not fsspec.config: the build's worker processes (spawned) read it too.
-  for name, value in {'AWS_ENDPOINT_URL': f'http://127.0.0.1:{port}', 'AWS_ACCESS_KEY_ID': 'testing',
-                      'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}.items():
+  for name, value in {
+    'AWS_ENDPOINT_URL': f'http://127.0.0.1:{port}',
+    'AWS_ACCESS_KEY_ID': 'testing',
+    'AWS_SECRET_ACCESS_KEY': 'testing',
+    'AWS_DEFAULT_REGION': 'us-east-1',
+  }.items():
     monkeypatch.setenv(name, value)
   monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
   import s3fs
+
   fs = s3fs.S3FileSystem(skip_instance_cache=True)
   fs.mkdir('bucket')
   yield fs
@@ -202,8 +213,7 @@ def test_tars_on_s3_build_like_local_ones_and_shards_go_to_s3(s3, tmp_path):
   for i in range(2):
     tar = corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(4, start=3 * i))  # key 3 twice
     s3.put_file(tar, f'bucket/tars/{i:05d}.tar')
-  local = build.build(f'webdataset:{tmp_path}/in/{{00000..00001}}.tar', str(tmp_path / 'local'), workers=2,
-                      progress=False)
+  local = build.build(f'webdataset:{tmp_path}/in/{{00000..00001}}.tar', str(tmp_path / 'local'), workers=2, progress=False)
   manifest = build.build('webdataset:s3://bucket/tars/*.tar', str(tmp_path / 's3'), workers=2, progress=False)
   assert [s['source'] for s in manifest['shards']] == ['s3://bucket/tars/00000.tar', 's3://bucket/tars/00001.tar']
   assert manifest['num_records'] == 7 and manifest['skipped'] == {'duplicate_key': 1}

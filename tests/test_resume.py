@@ -20,11 +20,23 @@ LOG_EVERY = 16  # the interruption lands between two log points
 
 
 def _command(shards, workdir):
-  return [sys.executable, '-m', 'superclip_jax.main', '--config', f'configs/tiny_shards.py:{shards}',
-          '--workdir', str(workdir), f'--config.total_steps={STEPS}', f'--config.log_every_steps={LOG_EVERY}',
-          '--config.checkpoint.every_steps=0', '--config.data.global_batch_size=8',
-          '--config.data.workers=1', "--config.model.image=mu/8", "--config.model.text=mu",
-          '--config.model.embed_dim=32']
+  return [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    f'configs/tiny_shards.py:{shards}',
+    '--workdir',
+    str(workdir),
+    f'--config.total_steps={STEPS}',
+    f'--config.log_every_steps={LOG_EVERY}',
+    '--config.checkpoint.every_steps=0',
+    '--config.data.global_batch_size=8',
+    '--config.data.workers=1',
+    '--config.model.image=mu/8',
+    '--config.model.text=mu',
+    '--config.model.embed_dim=32',
+  ]
 
 
 def _env():
@@ -42,13 +54,13 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   build.build(f'webdataset:{tmp_path}/in.tar', str(shards), progress=False)
 
   straight = tmp_path / 'straight'
-  proc = subprocess.run(_command(shards, straight), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=900)
+  proc = subprocess.run(_command(shards, straight), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   interrupted = tmp_path / 'interrupted'
-  proc = subprocess.Popen(_command(shards, interrupted), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _command(shards, interrupted), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   metrics_file = interrupted / 'metrics.jsonl'
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
@@ -63,8 +75,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   stopped_at = int(stderr.split('preempted: checkpoint of step ')[1].split()[0])
   assert LOG_EVERY < stopped_at < 2 * LOG_EVERY  # between two log points
 
-  proc = subprocess.run(_command(shards, interrupted), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=900)
+  proc = subprocess.run(_command(shards, interrupted), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'resuming at step {stopped_at}' in proc.stderr
 
@@ -81,11 +92,11 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:  # params, optimizer moments, IDF counts, step, RNG
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
-  loops = [json.loads((d / 'checkpoints' / str(STEPS) / 'loop' / 'metadata').read_text())
-           for d in (straight, interrupted)]
+  loops = [json.loads((d / 'checkpoints' / str(STEPS) / 'loop' / 'metadata').read_text()) for d in (straight, interrupted)]
   assert loops[0]['data'] == loops[1]['data'] == {'step': STEPS}
 
 
 def _flatten(tree):
   import jax
+
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}

@@ -34,8 +34,9 @@ def _jit_value_and_grad(fn, mesh, axes):
 
 
 @pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
-@pytest.mark.parametrize('mesh_shape,axes', [((8, 1, 1), ('data', 'fsdp')), ((2, 2, 2), ('data', 'fsdp')),
-                                             ((2, 4, 1), ('data', 'fsdp'))])
+@pytest.mark.parametrize(
+  'mesh_shape,axes', [((8, 1, 1), ('data', 'fsdp')), ((2, 2, 2), ('data', 'fsdp')), ((2, 4, 1), ('data', 'fsdp'))]
+)
 def test_ring_equals_plain_in_value_and_gradient(kind, mesh_shape, axes):
   mesh = sharding.make_mesh(mesh_shape)
   img, txt = _embeddings(64, 16)

@@ -43,8 +43,7 @@ def run_steps(config, mesh_shape, devices, steps=STEPS):
   counts = train_state.initial_idf_counts(config, model_def.cfg.variant)
   state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
   step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62,
-                                      eot_id=63, pad_id=0, seed=1)
+  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=1)
   losses = []
   with jax.set_mesh(mesh):
     for s in range(steps):
@@ -73,25 +72,31 @@ def test_sharded_step_equals_single_device(single_device, mesh_shape):
   np.testing.assert_array_equal(idf.to_ints(counts)[1], idf.to_ints(ref_counts)[1])
   # The model really is partitioned the way the mesh says.
   spec = shardings.params['image_tower']['transformer']['mlp_fc']['kernel'].spec
-  expected = {(8, 1, 1): (None, None, None), (2, 4, 1): (None, 'fsdp', None),
-              (2, 2, 2): (None, 'fsdp', 'tensor'), (1, 1, 8): (None, None, 'tensor')}[mesh_shape]
+  expected = {
+    (8, 1, 1): (None, None, None),
+    (2, 4, 1): (None, 'fsdp', None),
+    (2, 2, 2): (None, 'fsdp', 'tensor'),
+    (1, 1, 8): (None, None, 'tensor'),
+  }[mesh_shape]
   assert tuple(spec) + (None,) * (3 - len(spec)) == expected
   # Adam's moments are sharded like their parameter.
-  moments = [sh.spec for path, sh in jax.tree_util.tree_leaves_with_path(shardings.opt_state)
-             if jax.tree_util.keystr(path).endswith("['image_tower']['transformer']['mlp_fc']['kernel']")]
+  moments = [
+    sh.spec
+    for path, sh in jax.tree_util.tree_leaves_with_path(shardings.opt_state)
+    if jax.tree_util.keystr(path).endswith("['image_tower']['transformer']['mlp_fc']['kernel']")
+  ]
   assert len(moments) == 2 and all(m == spec for m in moments)
 
 
 def test_online_idf_after_steps_matches_float64():
   config = small_config()
   _, _, counts, _ = run_steps(config, (1, 1, 1), jax.devices()[:1], steps=2)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62,
-                                      eot_id=63, pad_id=0, seed=1)
+  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=1)
   df = np.zeros(64, np.int64)
   for s in range(2):
     for row in data.batch(s, BATCH)['text']:
       row = row.tolist()
-      for t in set(row[1:row.index(63)]):
+      for t in set(row[1 : row.index(63)]):
         df[t] += 1
   n, got_df = idf.to_ints(counts)
   assert n == 2 * BATCH

@@ -23,8 +23,9 @@ from superclip_jax.models import presets  # noqa: E402
 from superclip_jax.models.superclip import ModelConfig, ModelDef  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('demo_in_stock_clients',
-                                               os.path.join(ROOT, 'benchmarks', 'demo_in_stock_clients.py'))
+_spec = importlib.util.spec_from_file_location(
+  'demo_in_stock_clients', os.path.join(ROOT, 'benchmarks', 'demo_in_stock_clients.py')
+)
 clients = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(clients)
 
@@ -77,16 +78,26 @@ def test_a_trained_superclip_in_transformers_its_pipeline_and_open_clip(demo_run
 
 def _tiny(variant: str, contrastive: str) -> ModelConfig:
   tower = presets.TowerSize(width=64, depth=2, heads=2, mlp_ratio=4.0, patch_size=8)
-  return ModelConfig(variant=variant, image=tower, text=presets.TowerSize(width=64, depth=2, heads=2, mlp_ratio=4.0),
-                     embed_dim=32, image_size=16, context_length=16, contrastive=contrastive)
+  return ModelConfig(
+    variant=variant,
+    image=tower,
+    text=presets.TowerSize(width=64, depth=2, heads=2, mlp_ratio=4.0),
+    embed_dim=32,
+    image_size=16,
+    context_length=16,
+    contrastive=contrastive,
+  )
 
 
-@pytest.mark.parametrize('variant,contrastive', [('clip', 'softmax'), ('superclip', 'softmax'), ('clip', 'sigmoid'),
-                                                 ('superclip', 'sigmoid')],
-                         ids=['CLIP', 'SuperCLIP', 'SigLIP', 'SuperSigLIP'])
+@pytest.mark.parametrize(
+  'variant,contrastive',
+  [('clip', 'softmax'), ('superclip', 'softmax'), ('clip', 'sigmoid'), ('superclip', 'sigmoid')],
+  ids=['CLIP', 'SuperCLIP', 'SigLIP', 'SuperSigLIP'],
+)
 def test_every_variant_builds_in_stock_open_clip(tmp_path, variant, contrastive):
   cfg = _tiny(variant, contrastive)
   import jax
+
   params = jax.tree.map(np.asarray, ModelDef(cfg, seed=3).init())
   ours_dir, oc_dir = str(tmp_path / 'ours'), str(tmp_path / 'open_clip')
   export.write_export(ours_dir, cfg, params, conversions.tokenizer_description(cfg))
@@ -114,6 +125,7 @@ def test_the_readme_python_examples_run(demo_run, tmp_path):
   for name, target in (('ours', 'demo'), ('hf', 'demo_hf'), ('open_clip', 'demo_open_clip')):
     os.symlink(demo_run[name], tmp_path / 'models' / target)
   from PIL import Image
+
   images, _ = clients.held_out_digits(1)
   Image.fromarray(images[0]).save(tmp_path / 'digit.png')
   blocks = _readme_python_blocks()
@@ -121,8 +133,7 @@ def test_the_readme_python_examples_run(demo_run, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   names = mnist_demo.NUMBER_WORDS
   for block in blocks:
-    proc = subprocess.run([sys.executable, '-c', block], cwd=str(tmp_path), env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, '-c', block], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (block, proc.stderr[-3000:])
     last = proc.stdout.strip().splitlines()[-1]
     assert any(n in last for n in names), (block, last)

@@ -19,13 +19,21 @@ _CLASSES = ['golden_retriever', 'tabby_cat']
 
 class TinyPets(tfds.core.GeneratorBasedBuilder):
   """Images + labels (+ file names) read from an ImageFolder made by the test."""
+
   VERSION = tfds.core.Version('1.0.0')
   FOLDER = ''
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'), 'file_name': tfds.features.Text(),
-        'label': tfds.features.ClassLabel(names=_CLASSES)}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(encoding_format='jpeg'),
+          'file_name': tfds.features.Text(),
+          'label': tfds.features.ClassLabel(names=_CLASSES),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {'test': self._generate_examples()}
@@ -40,30 +48,52 @@ class TinyPets(tfds.core.GeneratorBasedBuilder):
 
 class TinyCocoCaptions(tfds.core.GeneratorBasedBuilder):
   """coco_captions' features: image, image/filename, captions {id, text} (five per image)."""
+
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'), 'image/filename': tfds.features.Text(),
-        'captions': tfds.features.Sequence({'id': tfds.features.Scalar(np.int64), 'text': tfds.features.Text()})}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(encoding_format='jpeg'),
+          'image/filename': tfds.features.Text(),
+          'captions': tfds.features.Sequence({'id': tfds.features.Scalar(np.int64), 'text': tfds.features.Text()}),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {'test': self._generate_examples()}
 
   def _generate_examples(self):
     for i in range(3):
-      yield i, {'image': corpus.encode(corpus.picture(i), 'JPEG'), 'image/filename': f'COCO_{i}.jpg',
-                'captions': {'id': list(range(5)), 'text': [f'image {i} caption {k}' for k in range(5)]}}
+      yield (
+        i,
+        {
+          'image': corpus.encode(corpus.picture(i), 'JPEG'),
+          'image/filename': f'COCO_{i}.jpg',
+          'captions': {'id': list(range(5)), 'text': [f'image {i} caption {k}' for k in range(5)]},
+        },
+      )
 
 
 class TinyImagenet(tfds.core.GeneratorBasedBuilder):
   """imagenet2012's label feature: the 1,000 sorted WNIDs."""
+
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'), 'file_name': tfds.features.Text(),
-        'label': tfds.features.ClassLabel(names=list(benchmark_sources.imagenet_wnids()))}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(encoding_format='jpeg'),
+          'file_name': tfds.features.Text(),
+          'label': tfds.features.ClassLabel(names=list(benchmark_sources.imagenet_wnids())),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {'validation': self._generate_examples()}
@@ -108,8 +138,9 @@ def test_tfds_data_source_matches_folder_source_without_tensorflow(tmp_path, mon
   # Only around reading: while preparing, etils probes find_spec('tensorflow') (a check, not an import).
   watcher = _ImportWatcher()
   monkeypatch.setattr(sys, 'meta_path', [watcher, *sys.meta_path])
-  from_tfds = build.build('tfds:tiny_pets:test', str(tmp_path / 'a'), data_dir=data_dir, records_per_shard=4,
-                          workers=1, progress=False)
+  from_tfds = build.build(
+    'tfds:tiny_pets:test', str(tmp_path / 'a'), data_dir=data_dir, records_per_shard=4, workers=1, progress=False
+  )
   assert 'tensorflow' not in sys.modules  # preparing and reading both ran without TensorFlow
   assert watcher.attempts == []  # reading never even looked for it
   monkeypatch.setattr(sys, 'meta_path', [f for f in sys.meta_path if f is not watcher])
@@ -126,8 +157,9 @@ def test_tfds_coco_captions_keep_all_five(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   TinyCocoCaptions(data_dir=data_dir, file_format='array_record').download_and_prepare()
   # Two worker processes: each finds the dataset by name from its files (the class is not registered there).
-  manifest = build.build('tfds:tiny_coco_captions:test', str(tmp_path / 'out'), data_dir=data_dir, workers=2,
-                         records_per_shard=2, progress=False)
+  manifest = build.build(
+    'tfds:tiny_coco_captions:test', str(tmp_path / 'out'), data_dir=data_dir, workers=2, records_per_shard=2, progress=False
+  )
   assert 'tensorflow' not in sys.modules
   assert manifest['num_records'] == 15 and manifest['class_names'] == [] and len(manifest['shards']) == 2
   groups = {}

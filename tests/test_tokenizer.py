@@ -47,9 +47,25 @@ def test_train_bpe_and_load_tokenizer_json(tmp_path):
   captions.write_text('\n'.join(' '.join(rng.choice(words, 5)) for _ in range(300)))
   out = tmp_path / 'tok.json'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'superclip_jax.data.tokenizer', 'train', '--captions',
-                         str(captions), '--vocab-size', '300', '--out', str(out)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'superclip_jax.data.tokenizer',
+      'train',
+      '--captions',
+      str(captions),
+      '--vocab-size',
+      '300',
+      '--out',
+      str(out),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   info = json.loads(proc.stdout.strip().splitlines()[-1])
   tok = tokenizer_lib.load_tokenizer(str(out), context_length=12)

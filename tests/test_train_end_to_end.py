@@ -15,8 +15,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def train(workdir, *overrides, steps=120):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one CPU device, as a laptop
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', str(workdir),
-         f'--config.total_steps={steps}', '--config.log_every_steps=20', *overrides]
+  cmd = [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    'configs/tiny.py',
+    '--workdir',
+    str(workdir),
+    f'--config.total_steps={steps}',
+    '--config.log_every_steps=20',
+    *overrides,
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
@@ -27,8 +37,7 @@ def train(workdir, *overrides, steps=120):
 def test_tiny_superclip_learns_and_logs(tmp_path):
   rows, stderr = train(tmp_path)
   first, last = rows[0], rows[-1]
-  for key in ('step', 'loss', 'contrastive_loss', 'cls_loss', 'logit_scale', 'learning_rate', 'grad_norm',
-              'images_per_sec'):
+  for key in ('step', 'loss', 'contrastive_loss', 'cls_loss', 'logit_scale', 'learning_rate', 'grad_norm', 'images_per_sec'):
     assert key in last, key
   assert last['step'] == 120
   # Measured: contrastive 4.03 -> ~2.0 and cls 3.81 -> ~2.8 over 120 steps (see README).
@@ -59,13 +68,25 @@ def test_tiny_trains_from_built_shards_with_offline_idf(tmp_path):
   import corpus
 
   from superclip_jax.data import build
+
   for i in range(2):
     corpus.write_tar(str(tmp_path / 'in' / f'{i:05d}.tar'), corpus.good_members(32, start=32 * i))
-  build.build(f"webdataset:{tmp_path}/in/{{00000..00001}}.tar", str(tmp_path / 'shards'), progress=False)
+  build.build(f'webdataset:{tmp_path}/in/{{00000..00001}}.tar', str(tmp_path / 'shards'), progress=False)
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  cmd = [sys.executable, '-m', 'superclip_jax.main', '--config', f"configs/tiny_shards.py:{tmp_path / 'shards'}",
-         '--workdir', str(tmp_path / 'run'), '--config.total_steps=40', '--config.log_every_steps=10',
-         '--config.data.global_batch_size=16', '--config.loss.idf=offline', '--config.data.workers=1']
+  cmd = [
+    sys.executable,
+    '-m',
+    'superclip_jax.main',
+    '--config',
+    f'configs/tiny_shards.py:{tmp_path / "shards"}',
+    '--workdir',
+    str(tmp_path / 'run'),
+    '--config.total_steps=40',
+    '--config.log_every_steps=10',
+    '--config.data.global_batch_size=16',
+    '--config.loss.idf=offline',
+    '--config.data.workers=1',
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]

@@ -22,8 +22,7 @@ def _step(task: dict[str, Any], module: str, step: str, out_dir: str, options: d
   return task['name']
 
 
-def run(module: str, step: str, tasks: list[dict[str, Any]], out_dir: str, options: dict[str, Any],
-        workers: int = 0) -> None:
+def run(module: str, step: str, tasks: list[dict[str, Any]], out_dir: str, options: dict[str, Any], workers: int = 0) -> None:
   """module.step(task, out_dir, options) (a module-level function, by importable names) for every task, in one
   Beam pipeline."""
   try:
@@ -36,11 +35,16 @@ def run(module: str, step: str, tasks: list[dict[str, Any]], out_dir: str, optio
   args = shlex.split(os.environ.get('SUPERCLIP_BEAM_ARGS', ''))
   if not any(a.startswith('--runner') for a in args):
     # In-process DirectRunner threads: the shard work is I/O and native decoding.
-    args += ['--runner=DirectRunner', f'--direct_num_workers={workers or min(len(tasks), os.cpu_count() or 1)}',
-             '--direct_running_mode=multi_threading']
+    args += [
+      '--runner=DirectRunner',
+      f'--direct_num_workers={workers or min(len(tasks), os.cpu_count() or 1)}',
+      '--direct_running_mode=multi_threading',
+    ]
   # Workers import the step's module and look the step up by name: nothing of the driver's module is pickled.
   with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
-    _ = (pipeline
-         | 'Tasks' >> beam.Create(tasks, reshuffle=False)
-         | 'Spread' >> beam.Reshuffle()  # one task per worker, not all on the first
-         | step >> beam.Map(_step, module, step, out_dir, options))
+    _ = (
+      pipeline
+      | 'Tasks' >> beam.Create(tasks, reshuffle=False)
+      | 'Spread' >> beam.Reshuffle()  # one task per worker, not all on the first
+      | step >> beam.Map(_step, module, step, out_dir, options)
+    )

@@ -32,6 +32,7 @@ def synthesize_shards(out_dir: str, count: int, side: int = 256, seed: int = 0) 
   from PIL import Image
 
   from superclip_jax.data import build
+
   rng = np.random.default_rng(seed)
   folder = os.path.join(out_dir, 'images')
   os.makedirs(folder, exist_ok=True)
@@ -69,6 +70,7 @@ def openclip_style(jpeg: bytes, size: int, rng: np.random.Generator) -> np.ndarr
 
   from superclip_jax.data import transforms
   from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
+
   img = Image.open(io.BytesIO(jpeg)).convert('RGB')
   top, left, h, w = transforms.random_crop_box(img.height, img.width, rng)
   img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
@@ -78,9 +80,19 @@ def openclip_style(jpeg: bytes, size: int, rng: np.random.Generator) -> np.ndarr
 def pipeline_rate(shards: str, size: int, workers: int, min_seconds: float, batch: int = 64) -> float:
   """End-to-end images/s of one training process's pipeline with `workers` Grain worker processes."""
   from superclip_jax.data import pipeline
-  it = pipeline.ShardBatches(pipeline.PipelineConfig(
-      shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=size, context_length=77,
-      seed=0, workers=workers, prefetch=2))
+
+  it = pipeline.ShardBatches(
+    pipeline.PipelineConfig(
+      shard_dirs=[shards],
+      global_batch_size=batch,
+      rows=((0, batch),),
+      image_size=size,
+      context_length=77,
+      seed=0,
+      workers=workers,
+      prefetch=2,
+    )
+  )
   try:
     for _ in range(max(workers, 1)):  # the workers' start-up and first batches are not the steady rate
       next(it)
@@ -96,34 +108,39 @@ def pipeline_rate(shards: str, size: int, workers: int, min_seconds: float, batc
 def default_worker_counts() -> list[int]:
   """1, 2 and every core of this process (data.workers='auto' uses all but one)."""
   from superclip_jax.data import pipeline
+
   return sorted({1, 2, pipeline.host_cores()})
 
 
-def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0,
-        worker_counts: tuple[int, ...] = ()) -> dict[str, float]:
+def run(
+  shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0, worker_counts: tuple[int, ...] = ()
+) -> dict[str, float]:
   """Measure each stage (images/s per core) and the whole pipeline with worker processes (images/s)."""
   import grain
   from PIL import Image
 
   from superclip_jax.data import pipeline, records, transforms
+
   manifest = records.read_manifest(shards)
   source = grain.sources.ArrayRecordDataSource([s['path'] for s in manifest['shards']])
   jpegs = [records.decode_record(source[i])['image'] for i in range(min(limit, len(source)))]
   rng = np.random.default_rng(0)
   shapes = [transforms.decode_jpeg(j).shape for j in jpegs[:50]]
   results = {
-      'decode': _rate(lambda j: transforms.decode_jpeg(j), jpegs, min_seconds),
-      'decode_pil': _rate(lambda j: np.asarray(Image.open(io.BytesIO(j)).convert('RGB')), jpegs, min_seconds),
-      'openclip_pil': _rate(lambda j: openclip_style(j, size, rng), jpegs, min_seconds),
-      'decode_augment': _rate(
-          lambda j: transforms.random_resized_crop(transforms.decode_jpeg(j, min_side=size), size, rng),
-          jpegs, min_seconds),
+    'decode': _rate(lambda j: transforms.decode_jpeg(j), jpegs, min_seconds),
+    'decode_pil': _rate(lambda j: np.asarray(Image.open(io.BytesIO(j)).convert('RGB')), jpegs, min_seconds),
+    'openclip_pil': _rate(lambda j: openclip_style(j, size, rng), jpegs, min_seconds),
+    'decode_augment': _rate(
+      lambda j: transforms.random_resized_crop(transforms.decode_jpeg(j, min_side=size), size, rng), jpegs, min_seconds
+    ),
   }
   batch = 64
   # One decoding thread: the figure is per core (taskset the process to one core to be sure).
-  it = pipeline.ShardBatches(pipeline.PipelineConfig(
-      shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=size, context_length=77,
-      seed=0, threads=1))
+  it = pipeline.ShardBatches(
+    pipeline.PipelineConfig(
+      shard_dirs=[shards], global_batch_size=batch, rows=((0, batch),), image_size=size, context_length=77, seed=0, threads=1
+    )
+  )
   next(it)
   n, start = 0, time.perf_counter()
   while time.perf_counter() - start < min_seconds:
@@ -139,27 +156,32 @@ def run(shards: str, size: int = 224, limit: int = 500, min_seconds: float = 3.0
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.bench', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.data.bench', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--shards', default='')
   parser.add_argument('--synthesize', type=int, default=0, help='make shards of N ~256-px JPEGs first')
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--seconds', type=float, default=3.0, help='minimum time per stage')
-  parser.add_argument('--workers', default='', help='comma-separated worker counts for the end-to-end rate '
-                      '(default: 1, 2 and every core of this process)')
+  parser.add_argument(
+    '--workers',
+    default='',
+    help='comma-separated worker counts for the end-to-end rate (default: 1, 2 and every core of this process)',
+  )
   args = parser.parse_args(argv)
   os.environ.setdefault('OMP_NUM_THREADS', '1')
   from superclip_jax.errors import user_errors
+
   with user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
     counts = tuple(int(w) for w in args.workers.split(',') if w) or tuple(default_worker_counts())
     r = run(shards, args.size, min_seconds=args.seconds, worker_counts=counts)
-  print(f"source images: shorter side {r['mean_source_side']:.0f} px; output {args.size} px; one process, one core")
+  print(f'source images: shorter side {r["mean_source_side"]:.0f} px; output {args.size} px; one process, one core')
   for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline'):
     print(f'{stage:15s} {r[stage]:8.0f} images/s per core   ({r[stage] / r["decode"]:.2f} x decode)')
-  print(f"pipeline / OpenCLIP-style PIL: {r['pipeline_over_openclip_pil']:.2f}")
+  print(f'pipeline / OpenCLIP-style PIL: {r["pipeline_over_openclip_pil"]:.2f}')
   for key in sorted((k for k in r if k.startswith('pipeline_workers_')), key=lambda k: int(k.rsplit('_', 1)[1])):
-    print(f"pipeline with {key.rsplit('_', 1)[1]} worker process(es): {r[key]:8.0f} images/s per training process")
+    print(f'pipeline with {key.rsplit("_", 1)[1]} worker process(es): {r[key]:8.0f} images/s per training process')
   print(json.dumps({k: round(v, 1) for k, v in r.items()}))
 
 

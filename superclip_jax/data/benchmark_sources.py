@@ -78,6 +78,7 @@ def _find_upwards(directory: str, relative: str, levels: int = 4) -> str | None:
 def _devkit_labels(truth_path: str, meta_path: str) -> dict[int, str]:
   """Validation image number -> WNID from the devkit's ground truth (ILSVRC2012_IDs) and meta.mat."""
   import scipy.io
+
   synsets = scipy.io.loadmat(meta_path, squeeze_me=True)['synsets']
   id_to_wnid = {int(s['ILSVRC2012_ID']): str(s['WNID']) for s in synsets}
   with open(truth_path) as f:
@@ -124,8 +125,14 @@ def list_imagenet(directory: str, template: str = 'a photo of a {}.') -> tuple[l
     for wnid in folders:
       for fname in _image_files(os.path.join(directory, wnid)):
         label = label_of[wnid]
-        items.append({'key': f'{wnid}/{fname}', 'image_path': os.path.join(directory, wnid, fname),
-                      'caption': _caption(template, names[label]), 'label': label})
+        items.append(
+          {
+            'key': f'{wnid}/{fname}',
+            'image_path': os.path.join(directory, wnid, fname),
+            'caption': _caption(template, names[label]),
+            'label': label,
+          }
+        )
     return items, names
   files = [f for f in _image_files(directory) if _VAL_IMAGE.match(f)]
   if not files:
@@ -137,16 +144,19 @@ def list_imagenet(directory: str, template: str = 'a photo of a {}.') -> tuple[l
   elif kaggle:
     labels = _kaggle_labels(kaggle)
   else:
-    raise UserError(f'{directory}: no ground truth found beside the images ({_DEVKIT_TRUTH} with '
-                    f'meta.mat, or {_KAGGLE_TRUTH}) in it or its parents')
+    raise UserError(
+      f'{directory}: no ground truth found beside the images ({_DEVKIT_TRUTH} with '
+      f'meta.mat, or {_KAGGLE_TRUTH}) in it or its parents'
+    )
   for fname in files:
     wnid = labels.get(int(_VAL_IMAGE.match(fname).group(1)))
     if wnid not in label_of:
       items.append({'key': fname, 'skip': 'missing_label'})
       continue
     label = label_of[wnid]
-    items.append({'key': fname, 'image_path': os.path.join(directory, fname),
-                  'caption': _caption(template, names[label]), 'label': label})
+    items.append(
+      {'key': fname, 'image_path': os.path.join(directory, fname), 'caption': _caption(template, names[label]), 'label': label}
+    )
   return items, names
 
 
@@ -158,8 +168,7 @@ def list_imagenet_v2(directory: str, template: str = 'a photo of a {}.') -> tupl
   """Items of ImageNetV2 (class-index folders 0..999 of jpegs); OpenAI class names."""
   if not os.path.isdir(directory):
     raise UserError(f'imagenet_v2 source {directory} does not exist')
-  folders = sorted((d for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))),
-                   key=int)
+  folders = sorted((d for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))), key=int)
   if not folders or int(folders[-1]) >= 1000:
     raise UserError(f'{directory}: expected ImageNetV2 class folders named 0..999')
   names = imagenet_classnames()
@@ -167,8 +176,14 @@ def list_imagenet_v2(directory: str, template: str = 'a photo of a {}.') -> tupl
   for folder in folders:
     label = int(folder)
     for fname in _image_files(os.path.join(directory, folder)):
-      items.append({'key': f'{label}/{fname}', 'image_path': os.path.join(directory, folder, fname),
-                    'caption': _caption(template, names[label]), 'label': label})
+      items.append(
+        {
+          'key': f'{label}/{fname}',
+          'image_path': os.path.join(directory, folder, fname),
+          'caption': _caption(template, names[label]),
+          'label': label,
+        }
+      )
   return items, names
 
 
@@ -226,8 +241,8 @@ def list_karpathy(spec: str, template: str = '') -> tuple[list[dict[str, Any]], 
 
 # --source kind -> lister(rest of the spec, template) -> (items, class names).
 LISTERS = {
-    'imagenet': list_imagenet,
-    'imagenet_v2': list_imagenet_v2,
-    'coco_karpathy': list_karpathy,
-    'flickr_karpathy': list_karpathy,
+  'imagenet': list_imagenet,
+  'imagenet_v2': list_imagenet_v2,
+  'coco_karpathy': list_karpathy,
+  'flickr_karpathy': list_karpathy,
 }

@@ -51,7 +51,7 @@ _DETAIL_LIMIT = 20  # examples per reason kept in the manifest
 # characters; a 10 MB caption took 30 s to tokenize for the same 77). Long captions keep more.
 MAX_CAPTION_CHARS = 4096
 MAX_LONG_CAPTION_CHARS = 16384
-_INT32 = (-2**31, 2**31 - 1)
+_INT32 = (-(2**31), 2**31 - 1)
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')  # object reprs: would make manifests differ run to run
 
 
@@ -69,8 +69,7 @@ def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   if kind == 'list':
     return task['items']
   if kind == 'tfds':
-    return tfds_source.read(task['dataset'], task['split'], task['start'], task['stop'],
-                            task['data_dir'], task['template'])
+    return tfds_source.read(task['dataset'], task['split'], task['start'], task['stop'], task['data_dir'], task['template'])
   raise ValueError(kind)
 
 
@@ -159,6 +158,7 @@ def build_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> 
 def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) -> dict[str, Any]:
   """build_shard into a local folder."""
   from array_record.python.array_record_module import ArrayRecordWriter
+
   name = task['name']
   stats_path = _stats_path(out_dir, task)
   earlier = task.get('duplicate_keys', {})
@@ -226,8 +226,11 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
       ids = tok.with_specials(tok.encode(caption), options['context_length'])
       long_ids = tok.with_specials(tok.encode(long_caption), options['long_context_length']) if long_caption else []
       seen.add(key)  # only a written sample claims its key
-      writer.write(records.encode_record(key=key, image=jpeg, caption=caption, tokens=ids,
-                                         long_caption=long_caption, long_tokens=long_ids, label=label))
+      writer.write(
+        records.encode_record(
+          key=key, image=jpeg, caption=caption, tokens=ids, long_caption=long_caption, long_tokens=long_ids, label=label
+        )
+      )
       # Document frequency over the token bag the classifier sees by default (no SOT/EOT).
       bag = {t for t in (long_ids or ids) if t not in special}
       doc_freq[list(bag)] += 1
@@ -236,8 +239,14 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
     writer.close()
   os.replace(tmp_path, os.path.join(out_dir, name + '.array_record'))
   np.save(os.path.join(out_dir, name + '.df.npy'), doc_freq)
-  stats = {'file': name + '.array_record', 'num_records': num, 'source': task.get('source', ''),
-           'skipped': dict(skipped), 'repaired': dict(repaired), 'skip_examples': dict(details)}
+  stats = {
+    'file': name + '.array_record',
+    'num_records': num,
+    'source': task.get('source', ''),
+    'skipped': dict(skipped),
+    'repaired': dict(repaired),
+    'skip_examples': dict(details),
+  }
   records.write_json_atomic(stats_path, stats)
   return stats
 
@@ -253,40 +262,67 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
       if not paths:
         raise UserError(f'webdataset source {rest!r}: no tar matches')
       remote.check_reachable(paths[0])  # no network: one line in seconds, not minutes per tar
-      return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
-              for i, p in enumerate(paths)], []
+      return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p} for i, p in enumerate(paths)], []
     paths = sources.expand_braces(rest)
     missing = [p for p in paths if not os.path.exists(p)]
     if not paths or missing:
       raise UserError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
-    return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p}
-            for i, p in enumerate(paths)], []
+    return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p} for i, p in enumerate(paths)], []
   if kind == 'folder' or kind in benchmark_sources.LISTERS:
     lister = sources.list_folder if kind == 'folder' else benchmark_sources.LISTERS[kind]
     items, classes = lister(rest, template)
-    chunks = [items[i:i + records_per_shard] for i in range(0, len(items), records_per_shard)]
-    return [{'kind': 'list', 'items': chunk, 'name': _shard_name(i), 'source': rest}
-            for i, chunk in enumerate(chunks)], classes
+    chunks = [items[i : i + records_per_shard] for i in range(0, len(items), records_per_shard)]
+    return [{'kind': 'list', 'items': chunk, 'name': _shard_name(i), 'source': rest} for i, chunk in enumerate(chunks)], classes
   if kind == 'tfds':
     name, _, split = rest.partition(':')
     split = split or 'train'
     total, classes = tfds_source.plan(name, split, data_dir)
-    return [{'kind': 'tfds', 'name': _shard_name(i), 'source': rest, 'dataset': name, 'split': split, 'start': start,
-             'stop': min(start + records_per_shard, total), 'data_dir': data_dir, 'template': template}
-            for i, start in enumerate(range(0, total, records_per_shard))], classes
-  raise UserError(f"--source {source!r}: expected one of {', '.join(repr(f) for f in SOURCE_FORMS)}")
+    return [
+      {
+        'kind': 'tfds',
+        'name': _shard_name(i),
+        'source': rest,
+        'dataset': name,
+        'split': split,
+        'start': start,
+        'stop': min(start + records_per_shard, total),
+        'data_dir': data_dir,
+        'template': template,
+      }
+      for i, start in enumerate(range(0, total, records_per_shard))
+    ], classes
+  raise UserError(f'--source {source!r}: expected one of {", ".join(repr(f) for f in SOURCE_FORMS)}')
 
 
 # The --source schemes, as its help and its error list them.
-SOURCE_FORMS = ('webdataset:PATTERN', 'folder:DIR', 'tfds:NAME[:SPLIT]', 'imagenet:DIR', 'imagenet_v2:DIR',
-                'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]', 'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]')
+SOURCE_FORMS = (
+  'webdataset:PATTERN',
+  'folder:DIR',
+  'tfds:NAME[:SPLIT]',
+  'imagenet:DIR',
+  'imagenet_v2:DIR',
+  'coco_karpathy:IMAGES_DIR,JSON[:SPLIT]',
+  'flickr_karpathy:IMAGES_DIR,JSON[:SPLIT]',
+)
 
 
-def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length: int = 77,
-          long_context_length: int = 256, max_side: int = 0, records_per_shard: int = 5000,
-          template: str = 'a photo of a {}.', workers: int = 0, data_dir: str | None = None,
-          progress: bool = True, runner: str = 'local', overwrite: bool = False,
-          max_member_bytes: int = sources.MAX_MEMBER_BYTES) -> dict[str, Any]:
+def build(
+  source: str,
+  out_dir: str,
+  *,
+  tokenizer: str = 'clip',
+  context_length: int = 77,
+  long_context_length: int = 256,
+  max_side: int = 0,
+  records_per_shard: int = 5000,
+  template: str = 'a photo of a {}.',
+  workers: int = 0,
+  data_dir: str | None = None,
+  progress: bool = True,
+  runner: str = 'local',
+  overwrite: bool = False,
+  max_member_bytes: int = sources.MAX_MEMBER_BYTES,
+) -> dict[str, Any]:
   """Build (or finish building) the shards of `source` in out_dir (a folder or a URL); returns the manifest.
 
   out_dir remembers what it was built from (build.json: a fingerprint of the planned inputs
@@ -301,8 +337,12 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   for task in tasks:
     if task['kind'] == 'webdataset' and max_member_bytes != sources.MAX_MEMBER_BYTES:
       task['max_member_bytes'] = max_member_bytes  # only when set: a default build's plan stays as it was
-  options = {'tokenizer': tokenizer, 'context_length': context_length,
-             'long_context_length': long_context_length, 'max_side': max_side}
+  options = {
+    'tokenizer': tokenizer,
+    'context_length': context_length,
+    'long_context_length': long_context_length,
+    'max_side': max_side,
+  }
   if storage.is_remote(out_dir):
     remote.check_driver(out_dir)
   else:
@@ -315,13 +355,14 @@ def build(source: str, out_dir: str, *, tokenizer: str = 'clip', context_length:
   except BaseException:
     lock.release()
     raise
-  run = functools.partial(_run_beam if runner == 'beam' else _run_local, out_dir=out_dir, options=options,
-                          workers=workers, progress=progress)
+  run = functools.partial(
+    _run_beam if runner == 'beam' else _run_local, out_dir=out_dir, options=options, workers=workers, progress=progress
+  )
   try:
     pending = [i for i, task in enumerate(tasks) if not storage.exists(_stats_path(out_dir, task))]
     if pending:
       # Only the tasks up to the last unfinished one decide its duplicates.
-      listed = tasks[:pending[-1] + 1]
+      listed = tasks[: pending[-1] + 1]
       run(list_keys, listed, desc='listing keys')
       find_duplicates(listed, lambda task: json.loads(storage.read_text(_keys_path(out_dir, task))))
       run(build_shard, [tasks[i] for i in pending], desc='building')
@@ -339,16 +380,14 @@ BUILD_RECORD = 'build.json'
 
 def _fingerprint(source: str, tasks: list[dict], options: dict, data_dir: str | None) -> str:
   """What a build's output depends on: its planned inputs (files, ranges, templates) and options."""
-  plan = json.dumps({'source': source, 'tasks': tasks, 'options': options, 'data_dir': data_dir}, sort_keys=True,
-                    default=str)
+  plan = json.dumps({'source': source, 'tasks': tasks, 'options': options, 'data_dir': data_dir}, sort_keys=True, default=str)
   return hashlib.sha256(plan.encode()).hexdigest()[:32]
 
 
 def _claim(out_dir: str, fingerprint: str, source: str, overwrite: bool) -> None:
   """Make out_dir this build's: resume the same build, refuse another one's output unless overwrite."""
   record_path = storage.join(out_dir, BUILD_RECORD)
-  entries = [p for p in storage.Path(out_dir).iterdir() if p.name != workdir_lock.LOCK_NAME] \
-      if storage.exists(out_dir) else []
+  entries = [p for p in storage.Path(out_dir).iterdir() if p.name != workdir_lock.LOCK_NAME] if storage.exists(out_dir) else []
   if entries:
     previous = None
     if storage.exists(record_path):
@@ -358,8 +397,11 @@ def _claim(out_dir: str, fingerprint: str, source: str, overwrite: bool) -> None
         pass
     if not isinstance(previous, dict) or previous.get('fingerprint') != fingerprint:
       if not overwrite:
-        what = (f"shards built from {previous.get('source')!r} with other inputs or options"
-                if isinstance(previous, dict) else 'files of no build of this version')
+        what = (
+          f'shards built from {previous.get("source")!r} with other inputs or options'
+          if isinstance(previous, dict)
+          else 'files of no build of this version'
+        )
         raise UserError(f'--out {out_dir} holds {what}; give another --out, or --overwrite to delete them first')
       for entry in entries:
         entry.rmtree() if entry.is_dir() else entry.unlink()
@@ -376,20 +418,23 @@ def _check_outside_sources(source: str, out_dir: str) -> None:
     return
   out, top = os.path.realpath(out_dir), os.path.realpath(folder)
   if out == top or out.startswith(top.rstrip(os.sep) + os.sep):
-    raise UserError(f'--out {out_dir} is inside the source folder {folder}: a rerun would read its own output; '
-                    'give an --out outside it')
+    raise UserError(
+      f'--out {out_dir} is inside the source folder {folder}: a rerun would read its own output; give an --out outside it'
+    )
 
 
 def _remove_if_unfinished(out_dir: str, created: bool) -> None:
   """Delete an output folder this build created if no shard in it finished (nothing to resume)."""
   if created and os.path.isdir(out_dir) and not any(f.endswith('.stats.json') for f in os.listdir(out_dir)):
     import shutil
+
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _run_beam(step, tasks, *, out_dir, options, workers, progress, desc) -> None:
   del progress, desc  # Beam reports its own progress
   from superclip_jax.data import beam_runner
+
   # By importable name: under `python -m` this module is __main__, which a Beam worker cannot import.
   beam_runner.run('superclip_jax.data.build', step.__name__, tasks, out_dir, options, workers)
 
@@ -400,6 +445,7 @@ def _run_local(step, tasks, *, out_dir, options, workers, progress, desc) -> Non
   bar = None
   if progress:
     from tqdm import tqdm
+
     bar = tqdm(total=len(tasks), desc=f'{desc} {out_dir}', unit='shard', file=sys.stderr)
   if workers <= 1 or len(tasks) <= 1:
     for task in tasks:
@@ -435,32 +481,47 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
   np.savez(buf, doc_freq=doc_freq, num_samples=num)
   storage.write_bytes(storage.join(out_dir, records.DOC_FREQ), buf.getvalue())
   manifest = {
-      'format': records.FORMAT,
-      'num_records': num,
-      'shards': [{'file': s['file'], 'num_records': s['num_records'], 'source': s['source']} for s in shard_stats],
-      'tokenizer': {**tok.identity, 'spec': options['tokenizer'], 'sot_id': tok.sot_id, 'eot_id': tok.eot_id,
-                    'pad_id': tok.pad_id, 'vocab_size': tok.vocab_size,
-                    'context_length': options['context_length'],
-                    'long_context_length': options['long_context_length']},
-      'skipped': dict(sorted(skipped.items())),
-      'repaired': dict(sorted(repaired.items())),
-      'skip_examples': examples,
-      'class_names': classes,
-      'idf_stats': records.DOC_FREQ,
-      'builder': {'source': source, 'max_side': options['max_side'],
-                  'fingerprint': json.loads(storage.read_text(storage.join(out_dir, BUILD_RECORD)))['fingerprint']},
+    'format': records.FORMAT,
+    'num_records': num,
+    'shards': [{'file': s['file'], 'num_records': s['num_records'], 'source': s['source']} for s in shard_stats],
+    'tokenizer': {
+      **tok.identity,
+      'spec': options['tokenizer'],
+      'sot_id': tok.sot_id,
+      'eot_id': tok.eot_id,
+      'pad_id': tok.pad_id,
+      'vocab_size': tok.vocab_size,
+      'context_length': options['context_length'],
+      'long_context_length': options['long_context_length'],
+    },
+    'skipped': dict(sorted(skipped.items())),
+    'repaired': dict(sorted(repaired.items())),
+    'skip_examples': examples,
+    'class_names': classes,
+    'idf_stats': records.DOC_FREQ,
+    'builder': {
+      'source': source,
+      'max_side': options['max_side'],
+      'fingerprint': json.loads(storage.read_text(storage.join(out_dir, BUILD_RECORD)))['fingerprint'],
+    },
   }
   records.write_json_atomic(storage.join(out_dir, records.MANIFEST), manifest)
   return manifest
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.build', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--source', required=True, help=(
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.data.build', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    '--source',
+    required=True,
+    help=(
       'what to build from: ' + ', '.join(SOURCE_FORMS) + '. PATTERN: local tars with {000..099} ranges, or '
       'http(s)://, gs://, s3:// URLs, or pipe:COMMAND; DIR: images with a captions.jsonl or captions.csv, or class '
-      'sub-folders of images (local or a URL)'))
+      'sub-folders of images (local or a URL)'
+    ),
+  )
   parser.add_argument('--out', required=True, help='a folder, or a URL every worker can write (gs://, s3://)')
   parser.add_argument('--tokenizer', default='clip', help="'clip' or a tokenizer.json path")
   parser.add_argument('--context-length', type=int, default=77)
@@ -470,29 +531,47 @@ def main(argv=None):
   parser.add_argument('--template', default='a photo of a {}.', help='caption of ImageFolder / label classes')
   parser.add_argument('--workers', type=int, default=0, help='processes (0: one per core)')
   parser.add_argument('--tfds-data-dir', default=None)
-  parser.add_argument('--runner', default='local', choices=['local', 'beam'],
-                      help="'beam': Apache Beam (DirectRunner here; same output as local)")
-  parser.add_argument('--max-member-bytes', type=int, default=sources.MAX_MEMBER_BYTES,
-                      help='tar members larger than this are skipped unread and counted')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='delete what --out holds first when it was built from other inputs or options')
+  parser.add_argument(
+    '--runner', default='local', choices=['local', 'beam'], help="'beam': Apache Beam (DirectRunner here; same output as local)"
+  )
+  parser.add_argument(
+    '--max-member-bytes',
+    type=int,
+    default=sources.MAX_MEMBER_BYTES,
+    help='tar members larger than this are skipped unread and counted',
+  )
+  parser.add_argument(
+    '--overwrite', action='store_true', help='delete what --out holds first when it was built from other inputs or options'
+  )
   args = parser.parse_args(argv)
   from superclip_jax.errors import user_errors
+
   with user_errors('superclip_jax.data.build'):
     _main(args)
 
 
 def _main(args):
-  manifest = build(args.source, args.out, tokenizer=args.tokenizer, context_length=args.context_length,
-                   long_context_length=args.long_context_length, max_side=args.max_side,
-                   records_per_shard=args.records_per_shard, template=args.template,
-                   workers=args.workers, data_dir=args.tfds_data_dir, runner=args.runner, overwrite=args.overwrite,
-                   max_member_bytes=args.max_member_bytes)
-  print(f"{manifest['num_records']} records in {len(manifest['shards'])} shards at {args.out}; "
-        f"skipped {manifest['skipped'] or 'none'}; repaired {manifest['repaired'] or 'none'}")
+  manifest = build(
+    args.source,
+    args.out,
+    tokenizer=args.tokenizer,
+    context_length=args.context_length,
+    long_context_length=args.long_context_length,
+    max_side=args.max_side,
+    records_per_shard=args.records_per_shard,
+    template=args.template,
+    workers=args.workers,
+    data_dir=args.tfds_data_dir,
+    runner=args.runner,
+    overwrite=args.overwrite,
+    max_member_bytes=args.max_member_bytes,
+  )
+  print(
+    f'{manifest["num_records"]} records in {len(manifest["shards"])} shards at {args.out}; '
+    f'skipped {manifest["skipped"] or "none"}; repaired {manifest["repaired"] or "none"}'
+  )
   if not manifest['num_records']:
-    raise UserError(f"no records built from {args.source} (skipped: {manifest['skipped'] or 'none'}): "
-                    'nothing to train on')
+    raise UserError(f'no records built from {args.source} (skipped: {manifest["skipped"] or "none"}): nothing to train on')
 
 
 if __name__ == '__main__':

@@ -48,8 +48,13 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     mode = 'RGBA'
     reason = 'converted_palette'
   else:
-    reason = {'CMYK': 'converted_cmyk', 'L': 'converted_grayscale', '1': 'converted_grayscale',
-              'RGBA': 'converted_alpha', 'LA': 'converted_alpha'}.get(mode, f'converted_{mode.lower()}')
+    reason = {
+      'CMYK': 'converted_cmyk',
+      'L': 'converted_grayscale',
+      '1': 'converted_grayscale',
+      'RGBA': 'converted_alpha',
+      'LA': 'converted_alpha',
+    }.get(mode, f'converted_{mode.lower()}')
   if mode in ('RGBA', 'LA', 'PA'):
     # Transparent pixels become white, as a browser shows them, not the black of a bare convert().
     rgba = img.convert('RGBA')

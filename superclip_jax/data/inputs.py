@@ -20,27 +20,45 @@ def training_batches(config: ml_collections.ConfigDict, rows, start_step: int = 
   if config.data.kind == 'synthetic':
     tok = config.tokenizer
     source = synthetic.SyntheticImageText(
-        image_size=config.data.synthetic_image_size or config.model.image_size,
-        vocab_size=config.model.vocab_size, context_length=config.model.context_length,
-        sot_id=tok.sot_id, eot_id=tok.eot_id, pad_id=tok.pad_id, seed=config.seed)
+      image_size=config.data.synthetic_image_size or config.model.image_size,
+      vocab_size=config.model.vocab_size,
+      context_length=config.model.context_length,
+      sot_id=tok.sot_id,
+      eot_id=tok.eot_id,
+      pad_id=tok.pad_id,
+      seed=config.seed,
+    )
     return synthetic.SyntheticBatches(source, global_batch, rows, start_step)
-  batches = pipeline.ShardBatches(pipeline.PipelineConfig(
-      shard_dirs=shard_dirs(config.data.shards), weights=tuple(config.data.weights),
-      global_batch_size=global_batch, rows=tuple(rows), image_size=config.model.image_size,
+  batches = pipeline.ShardBatches(
+    pipeline.PipelineConfig(
+      shard_dirs=shard_dirs(config.data.shards),
+      weights=tuple(config.data.weights),
+      global_batch_size=global_batch,
+      rows=tuple(rows),
+      image_size=config.model.image_size,
       context_length=config.model.context_length,
       long_context_length=config.data.long_context_length if config.data.long_captions else 0,
-      train=True, seed=config.seed, workers=pipeline.resolve_workers(config.data.workers), threads=config.data.threads,
-      prefetch=config.data.prefetch, crop_scale=tuple(config.data.crop_scale)), start_step)
+      train=True,
+      seed=config.seed,
+      workers=pipeline.resolve_workers(config.data.workers),
+      threads=config.data.threads,
+      prefetch=config.data.prefetch,
+      crop_scale=tuple(config.data.crop_scale),
+    ),
+    start_step,
+  )
   check_tokenizer_matches(config, batches.tokenizer, config.data.shards)
   return batches
 
 
 def check_tokenizer_matches(config: ml_collections.ConfigDict, tokenizer: dict, where: str) -> None:
   """The shards' tokenizer must be the one the model and loss are configured for."""
-  expected = {'model.vocab_size': (config.model.vocab_size, tokenizer['vocab_size']),
-              'tokenizer.sot_id': (config.tokenizer.sot_id, tokenizer['sot_id']),
-              'tokenizer.eot_id': (config.tokenizer.eot_id, tokenizer['eot_id']),
-              'tokenizer.pad_id': (config.tokenizer.pad_id, tokenizer['pad_id'])}
+  expected = {
+    'model.vocab_size': (config.model.vocab_size, tokenizer['vocab_size']),
+    'tokenizer.sot_id': (config.tokenizer.sot_id, tokenizer['sot_id']),
+    'tokenizer.eot_id': (config.tokenizer.eot_id, tokenizer['eot_id']),
+    'tokenizer.pad_id': (config.tokenizer.pad_id, tokenizer['pad_id']),
+  }
   wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
   if wrong:
     detail = ', '.join(f'config.{k}={a} but the shards have {b}' for k, (a, b) in wrong.items())

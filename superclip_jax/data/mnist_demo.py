@@ -18,8 +18,13 @@ import numpy as np
 from superclip_jax.data import build, records, wheel_files
 
 NUMBER_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
-TEMPLATES = ('a photo of the number {}.', 'a handwritten {}.', 'the digit {}, written by hand.',
-             'a black and white picture of a {}.', 'a {} on a dark background.')
+TEMPLATES = (
+  'a photo of the number {}.',
+  'a handwritten {}.',
+  'the digit {}, written by hand.',
+  'a black and white picture of a {}.',
+  'a {} on a dark background.',
+)
 TRAIN_COUNT = 4000
 
 
@@ -33,6 +38,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _write_folder(folder: str, images: np.ndarray, labels: np.ndarray, captions: list[str], first: int) -> None:
   from PIL import Image
+
   os.makedirs(folder, exist_ok=True)
   rows = []
   for i, (image, label, caption) in enumerate(zip(images, labels, captions)):
@@ -62,9 +68,7 @@ def prepare(root: str = '') -> dict[str, str]:
   # The test captions use the first template: retrieval queries in one fixed phrasing.
   test_captions = [TEMPLATES[0].format(NUMBER_WORDS[labels[i]]) for i in test_idx]
   _write_folder(os.path.join(root, 'images_train'), images[train_idx], labels[train_idx], captions, 0)
-  _write_folder(os.path.join(root, 'images_test'), images[test_idx], labels[test_idx], test_captions,
-                TRAIN_COUNT)
+  _write_folder(os.path.join(root, 'images_test'), images[test_idx], labels[test_idx], test_captions, TRAIN_COUNT)
   for split in ('train', 'test'):
-    build.build(f"folder:{os.path.join(root, 'images_' + split)}", out[split], records_per_shard=1000,
-                workers=1, progress=False)
+    build.build(f'folder:{os.path.join(root, "images_" + split)}', out[split], records_per_shard=1000, workers=1, progress=False)
   return out

@@ -30,7 +30,7 @@ from absl import flags, logging
 from superclip_jax.data import records, transforms
 from superclip_jax.errors import UserError
 
-SPARE_STRIDE = 10 ** 12  # farther than any run reads (the 12.8B-sample recipe reads 1.28e10)
+SPARE_STRIDE = 10**12  # farther than any run reads (the 12.8B-sample recipe reads 1.28e10)
 MAX_SPARES = 8  # consecutive bad spares before the data is declared unusable
 
 
@@ -84,19 +84,18 @@ def check_compatible(manifests: Sequence[dict[str, Any]]) -> dict[str, Any]:
   first = manifests[0]['tokenizer']
   for m in manifests[1:]:
     if {k: v for k, v in m['tokenizer'].items() if k != 'spec'} != {k: v for k, v in first.items() if k != 'spec'}:
-      raise UserError(f"shards in {m['directory']} use tokenizer {m['tokenizer']}, but "
-                      f"{manifests[0]['directory']} uses {first}")
+      raise UserError(f'shards in {m["directory"]} use tokenizer {m["tokenizer"]}, but {manifests[0]["directory"]} uses {first}')
   return first
 
 
 def _source(manifest: dict[str, Any]) -> grain.MapDataset:
   paths = [s['path'] for s in manifest['shards'] if s['num_records']]
   if not paths:
-    raise UserError(f"{manifest['directory']}: the manifest lists no records")
+    raise UserError(f'{manifest["directory"]}: the manifest lists no records')
   try:
     source = grain.sources.ArrayRecordDataSource(paths)
   except Exception as e:  # array_record raises bare RuntimeErrors naming nothing
-    raise UserError(f"cannot open the shards of {manifest['directory']}: {e}") from e
+    raise UserError(f'cannot open the shards of {manifest["directory"]}: {e}') from e
   return grain.MapDataset.source(source)
 
 
@@ -132,8 +131,7 @@ def group_id(key: str) -> tuple[int, int]:
 class _BatchMaker:
   """Step t -> this process's rows of global batch t, decoded (runs in threads or worker processes)."""
 
-  def __init__(self, config: PipelineConfig, records_ds: grain.MapDataset, tokenizer: dict[str, Any],
-               num_records: int):
+  def __init__(self, config: PipelineConfig, records_ds: grain.MapDataset, tokenizer: dict[str, Any], num_records: int):
     self.config = config
     self.records = records_ds
     self.eot_id, self.pad_id = tokenizer['eot_id'], tokenizer['pad_id']
@@ -151,15 +149,16 @@ class _BatchMaker:
     try:
       image = transforms.decode_jpeg(record['image'], min_side=c.image_size)
     except transforms.DecodeError as e:
-      return None, f"record {index} ({record['key']}): undecodable image ({e})"
+      return None, f'record {index} ({record["key"]}): undecodable image ({e})'
     if c.train:
-      image = transforms.random_resized_crop(image, c.image_size, np.random.default_rng([c.seed, index]),
-                                             scale=c.crop_scale)
+      image = transforms.random_resized_crop(image, c.image_size, np.random.default_rng([c.seed, index]), scale=c.crop_scale)
     else:
       image = transforms.resize_center_crop(image, c.image_size)
-    out = {'images': image,
-           'text': records.fit_ids(record['tokens'], c.context_length, eot_id=self.eot_id, pad_id=self.pad_id),
-           'label': np.int32(record['label'])}
+    out = {
+      'images': image,
+      'text': records.fit_ids(record['tokens'], c.context_length, eot_id=self.eot_id, pad_id=self.pad_id),
+      'label': np.int32(record['label']),
+    }
     if c.long_context_length:
       ids = record['long_tokens'] if len(record['long_tokens']) else record['tokens']
       out['token_ids'] = records.fit_ids(ids, c.long_context_length, eot_id=self.eot_id, pad_id=self.pad_id)
@@ -187,8 +186,10 @@ class _BatchMaker:
           skipped += 1
           self._warn(why)
           if spare - index >= MAX_SPARES * SPARE_STRIDE:
-            raise RuntimeError(f'{MAX_SPARES} consecutive undecodable records from index {index} of '
-                               f'{list(c.shard_dirs)}: the shards look damaged ({why})')
+            raise RuntimeError(
+              f'{MAX_SPARES} consecutive undecodable records from index {index} of '
+              f'{list(c.shard_dirs)}: the shards look damaged ({why})'
+            )
           spare += SPARE_STRIDE
           element, why = self._parse(spare)
         if element is None:
@@ -203,8 +204,7 @@ def _stack(elements: list[dict[str, Any] | None], skipped: int) -> dict[str, np.
   template = next((e for e in elements if e is not None), None)
   if template is None:
     raise RuntimeError('a batch without a single usable example')
-  batch = {k: np.stack([e[k] if e is not None else np.zeros_like(v) for e in elements])
-           for k, v in template.items()}
+  batch = {k: np.stack([e[k] if e is not None else np.zeros_like(v) for e in elements]) for k, v in template.items()}
   batch['valid'] = np.asarray([e is not None for e in elements])
   batch['skipped_examples'] = np.int64(skipped)
   return batch
@@ -249,12 +249,12 @@ class ShardBatches:
       # test) nothing parsed them, in this process or in the workers.
       _mark_flags_parsed(0, 1)
       it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
-          grain.MultiprocessingOptions(num_workers=c.workers, per_worker_buffer_size=max(c.prefetch, 1)),
-          worker_init_fn=_mark_flags_parsed)
+        grain.MultiprocessingOptions(num_workers=c.workers, per_worker_buffer_size=max(c.prefetch, 1)),
+        worker_init_fn=_mark_flags_parsed,
+      )
     else:
       # Each thread decodes a whole batch; the buffer holds at least one batch per thread.
-      it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.threads,
-                                                prefetch_buffer_size=max(c.prefetch, c.threads, 1)))
+      it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.threads, prefetch_buffer_size=max(c.prefetch, c.threads, 1)))
     return iter(it)
 
   def __iter__(self):

@@ -31,14 +31,22 @@ MANIFEST = 'manifest.json'
 DOC_FREQ = 'doc_freq.npz'
 
 
-def encode_record(*, key: str, image: bytes, caption: str, tokens, long_caption: str = '',
-                  long_tokens=(), label: int = -1) -> bytes:
+def encode_record(
+  *, key: str, image: bytes, caption: str, tokens, long_caption: str = '', long_tokens=(), label: int = -1
+) -> bytes:
   """Serialise one record."""
-  return msgpack.packb({
-      'key': key, 'image': image, 'caption': caption,
+  return msgpack.packb(
+    {
+      'key': key,
+      'image': image,
+      'caption': caption,
       'tokens': np.asarray(tokens, '<i4').tobytes(),
-      'long_caption': long_caption, 'long_tokens': np.asarray(long_tokens, '<i4').tobytes(),
-      'label': int(label)}, use_bin_type=True)
+      'long_caption': long_caption,
+      'long_tokens': np.asarray(long_tokens, '<i4').tobytes(),
+      'label': int(label),
+    },
+    use_bin_type=True,
+  )
 
 
 def decode_record(data: bytes) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def check_driver(url: str) -> None:
   if url.startswith('pipe:'):
     return
   import fsspec
+
   protocol = url.split('://', 1)[0]
   try:
     fsspec.get_filesystem_class(protocol)
@@ -48,13 +49,14 @@ def check_driver(url: str) -> None:
 def _copy_once(url: str, out: BinaryIO) -> None:
   if url.startswith('pipe:'):
     # webdataset's convention: the command's stdout is the file; a non-zero status is a failure.
-    proc = subprocess.Popen(url[len('pipe:'):], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(url[len('pipe:') :], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _copy_pipe(proc, out)
     err = proc.stderr.read().decode('utf-8', 'replace').strip()
     if proc.wait() != 0:
       raise OSError(f'command exited with status {proc.returncode}: {err[-300:]}')
     return
   import fsspec
+
   with fsspec.open(url, 'rb', **timeouts(url)) as f:
     shutil.copyfileobj(f, out, _CHUNK)
 
@@ -63,9 +65,12 @@ def timeouts(url: str) -> dict[str, Any]:
   """fsspec options that bound connecting and each read, per protocol."""
   if url.startswith(('http://', 'https://')):
     import aiohttp
+
     # block_size=0: stream HTTP bodies instead of ranged reads (plain servers do not do ranges).
-    return {'block_size': 0, 'client_kwargs': {'timeout': aiohttp.ClientTimeout(
-        total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)}}
+    return {
+      'block_size': 0,
+      'client_kwargs': {'timeout': aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)},
+    }
   if url.startswith('gs://'):
     return {'requests_timeout': READ_TIMEOUT_S}  # gcsfs: each HTTP request
   if url.startswith('s3://'):
@@ -76,6 +81,7 @@ def timeouts(url: str) -> dict[str, Any]:
 def _copy_pipe(proc: subprocess.Popen, out: BinaryIO) -> None:
   """A command's stdout into out; a command silent for READ_TIMEOUT_S is killed (an OSError)."""
   import select
+
   fd = proc.stdout.fileno()
   while True:
     ready, _, _ = select.select([fd], [], [], READ_TIMEOUT_S)
@@ -110,6 +116,7 @@ def check_reachable(url: str) -> None:
   import logging
 
   import fsspec
+
   quiet = logging.getLogger('gcsfs')  # it logs a traceback when its own retries (about 30 s) run out
   level = quiet.level
   quiet.setLevel(logging.CRITICAL)
@@ -122,8 +129,9 @@ def check_reachable(url: str) -> None:
     cause = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ is not None else e
     if getattr(cause, 'status', None) is not None and cause.status not in (401, 403):
       return  # the server answered: per-input errors are counted later
-    raise UserError(f'{url}: cannot reach it ({type(cause).__name__}: {str(cause)[:200]}); check the network and '
-                    'credentials') from None
+    raise UserError(
+      f'{url}: cannot reach it ({type(cause).__name__}: {str(cause)[:200]}); check the network and credentials'
+    ) from None
   finally:
     quiet.setLevel(level)
 
@@ -143,7 +151,7 @@ def download(url: str, out: BinaryIO, retries: int | None = None) -> None:
       cause = e.__cause__ if isinstance(e, FileNotFoundError) and e.__cause__ is not None else e
       if attempt == retries:
         raise OSError(f'{type(cause).__name__}: {cause} (after {retries + 1} attempts)') from e
-      time.sleep(BACKOFF_S * 2 ** attempt)
+      time.sleep(BACKOFF_S * 2**attempt)
 
 
 def read_bytes(url: str) -> bytes:

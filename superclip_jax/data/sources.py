@@ -41,7 +41,7 @@ def expand_braces(pattern: str, use_glob: bool = True) -> list[str]:
     options = body.split(',')
   out = []
   for option in options:
-    out.extend(expand_braces(pattern[:match.start()] + option + pattern[match.end():], use_glob))
+    out.extend(expand_braces(pattern[: match.start()] + option + pattern[match.end() :], use_glob))
   return out
 
 
@@ -80,9 +80,13 @@ def _group_to_item(key: str, files: dict[str, bytes]) -> dict[str, Any]:
     return {'key': key, 'skip': 'missing_image'}
   if caption is None:
     return {'key': key, 'skip': 'missing_caption'}
-  return {'key': key, 'image': files[image_ext], 'caption': caption,
-          'long_caption': files.get(LONG_CAPTION_EXT) or meta.get('long_caption') or '',
-          'label': _label(meta.get('label', -1))}
+  return {
+    'key': key,
+    'image': files[image_ext],
+    'caption': caption,
+    'long_caption': files.get(LONG_CAPTION_EXT) or meta.get('long_caption') or '',
+    'label': _label(meta.get('label', -1)),
+  }
 
 
 def _label(value: Any) -> Any:
@@ -170,6 +174,7 @@ def read_webdataset_tar(path: str, fileobj=None, max_member_bytes: int = MAX_MEM
 
 class _BadRow(NamedTuple):
   """A captions.jsonl line that is not JSON: where it is, and why."""
+
   where: str
   reason: str
   detail: str
@@ -189,9 +194,7 @@ def parse_jsonl(lines, name: str) -> list[Any]:
   return rows
 
 
-
-def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join,
-                    exists=os.path.exists) -> list[dict[str, Any]]:
+def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join, exists=os.path.exists) -> list[dict[str, Any]]:
   """Items of caption rows ({"image": relative path, "caption": ...}); exists=None: do not check.
 
   Rows naming an image again (more captions of it) are keyed 'IMAGE#1', 'IMAGE#2', ... as the
@@ -223,8 +226,15 @@ def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.joi
     if exists is not None and not exists(path):
       items.append({'key': key, 'skip': 'missing_image'})
       continue
-    items.append({'key': key, 'image_path': path, 'caption': row.get('caption', row.get('text')),
-                  'long_caption': row.get('long_caption') or '', 'label': _label(row.get('label', -1))})
+    items.append(
+      {
+        'key': key,
+        'image_path': path,
+        'caption': row.get('caption', row.get('text')),
+        'long_caption': row.get('long_caption') or '',
+        'label': _label(row.get('label', -1)),
+      }
+    )
   return items
 
 
@@ -260,8 +270,14 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
         if not _inside(os.path.join(class_dir, fname), directory):
           items.append({'key': rel, 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
           continue
-        items.append({'key': rel, 'image_path': os.path.join(class_dir, fname),
-                      'caption': template.format(name.replace('_', ' ')), 'label': label})
+        items.append(
+          {
+            'key': rel,
+            'image_path': os.path.join(class_dir, fname),
+            'caption': template.format(name.replace('_', ' ')),
+            'label': label,
+          }
+        )
   return items, classes
 
 
@@ -272,6 +288,7 @@ def expand_remote(pattern: str) -> list[str]:
   if not pattern.startswith(('gs://', 's3://')):
     return paths  # '?' and '*' are part of http URLs and shell commands
   import fsspec
+
   out = []
   for path in paths:
     if any(c in path for c in '*?['):
@@ -325,6 +342,12 @@ def list_remote_folder(url: str, template: str = 'a photo of a {}.') -> tuple[li
     files = sorted(os.path.basename(e['name']) for e in fs.ls(remote.join_url(root, name), detail=True) if e['type'] == 'file')
     for fname in files:
       if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
-        items.append({'key': f'{name}/{fname}', 'image_path': remote.join_url(url, name, fname),
-                      'caption': template.format(name.replace('_', ' ')), 'label': label})
+        items.append(
+          {
+            'key': f'{name}/{fname}',
+            'image_path': remote.join_url(url, name, fname),
+            'caption': template.format(name.replace('_', ' ')),
+            'label': label,
+          }
+        )
   return items, dirs

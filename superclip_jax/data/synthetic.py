@@ -15,20 +15,31 @@ from __future__ import annotations
 import numpy as np
 
 COLORS = {
-    'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 60, 230), 'yellow': (230, 220, 30),
-    'cyan': (30, 210, 220), 'magenta': (210, 40, 210), 'white': (250, 250, 250), 'black': (5, 5, 5),
+  'red': (220, 30, 30),
+  'green': (30, 200, 40),
+  'blue': (30, 60, 230),
+  'yellow': (230, 220, 30),
+  'cyan': (30, 210, 220),
+  'magenta': (210, 40, 210),
+  'white': (250, 250, 250),
+  'black': (5, 5, 5),
 }
 SHAPES = ('square', 'ring', 'cross', 'bar')
 QUADRANTS = (('top', 'left'), ('top', 'right'), ('bottom', 'left'), ('bottom', 'right'))
 TEMPLATES = (
-    'a photo of a {color} {shape} in the {row} {col}',
-    '{color} {shape} , {row} {col}',
-    'there is a {shape} that is {color} at the {row} {col}',
-    'the {row} {col} has a {color} {shape}',
+  'a photo of a {color} {shape} in the {row} {col}',
+  '{color} {shape} , {row} {col}',
+  'there is a {shape} that is {color} at the {row} {col}',
+  'the {row} {col} has a {color} {shape}',
 )
-WORDS = tuple(dict.fromkeys(
-    ' '.join(TEMPLATES).replace('{color}', '').replace('{shape}', '').replace('{row}', '')
-    .replace('{col}', '').split() + list(COLORS) + list(SHAPES) + ['top', 'bottom', 'left', 'right']))
+WORDS = tuple(
+  dict.fromkeys(
+    ' '.join(TEMPLATES).replace('{color}', '').replace('{shape}', '').replace('{row}', '').replace('{col}', '').split()
+    + list(COLORS)
+    + list(SHAPES)
+    + ['top', 'bottom', 'left', 'right']
+  )
+)
 NUM_CLASSES = len(COLORS) * len(SHAPES) * len(QUADRANTS)
 
 
@@ -66,23 +77,26 @@ def _draw(image: np.ndarray, shape: str, quadrant: int, rgb, rng: np.random.Gene
     mask[t:-t, t:-t] = False
   elif shape == 'cross':
     c = side // 2
-    mask[:, c - t // 2 - 1: c + t // 2 + 1] = True
-    mask[c - t // 2 - 1: c + t // 2 + 1, :] = True
+    mask[:, c - t // 2 - 1 : c + t // 2 + 1] = True
+    mask[c - t // 2 - 1 : c + t // 2 + 1, :] = True
   else:  # bar
     c = side // 2
-    mask[c - t: c + t, :] = True
-  region = image[oy:oy + side, ox:ox + side]
+    mask[c - t : c + t, :] = True
+  region = image[oy : oy + side, ox : ox + side]
   region[mask] = rgb
 
 
 class SyntheticImageText:
   """Deterministic synthetic (image, caption tokens) batches; see the module docstring."""
 
-  def __init__(self, *, image_size: int, vocab_size: int, context_length: int, sot_id: int,
-               eot_id: int, pad_id: int, seed: int = 0):
+  def __init__(
+    self, *, image_size: int, vocab_size: int, context_length: int, sot_id: int, eot_id: int, pad_id: int, seed: int = 0
+  ):
     if len(WORDS) + 1 >= vocab_size or sot_id <= len(WORDS) or eot_id <= len(WORDS):
-      raise ValueError(f'synthetic captions need ids 1..{len(WORDS)} free and SOT/EOT above them '
-                       f'(vocab_size={vocab_size}, sot_id={sot_id}, eot_id={eot_id})')
+      raise ValueError(
+        f'synthetic captions need ids 1..{len(WORDS)} free and SOT/EOT above them '
+        f'(vocab_size={vocab_size}, sot_id={sot_id}, eot_id={eot_id})'
+      )
     if pad_id != 0:
       raise ValueError('synthetic captions pad with id 0')
     self.image_size = image_size

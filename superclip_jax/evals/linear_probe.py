@@ -36,9 +36,16 @@ def _accuracy(params, x, y) -> float:
   return float(jnp.mean(jnp.argmax(x @ params[0] + params[1], -1) == y))
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 weight_decays: Sequence[float] = (1e-6, 1e-4, 1e-2, 1.0), val_fraction: float = 0.2,
-                 steps: int = 200, seed: int = 0) -> dict[str, float]:
+def linear_probe(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  weight_decays: Sequence[float] = (1e-6, 1e-4, 1e-2, 1.0),
+  val_fraction: float = 0.2,
+  steps: int = 200,
+  seed: int = 0,
+) -> dict[str, float]:
   """Pick weight decay on a held-out part of train, refit on all of train, report test accuracy."""
   train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
   mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # standardise with train statistics only
@@ -49,8 +56,9 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
   n_val = max(1, int(len(order) * val_fraction))
   val, fit = order[:n_val], order[n_val:]
   fit_fn = jax.jit(_fit, static_argnums=(2, 4))
-  val_acc = {wd: _accuracy(fit_fn(train_x[fit], train_y[fit], num_classes, wd, steps), train_x[val], train_y[val])
-             for wd in weight_decays}
+  val_acc = {
+    wd: _accuracy(fit_fn(train_x[fit], train_y[fit], num_classes, wd, steps), train_x[val], train_y[val]) for wd in weight_decays
+  }
   best = max(weight_decays, key=lambda wd: (val_acc[wd], wd))
   params = fit_fn(train_x, train_y, num_classes, best, steps)
   return {'top1': _accuracy(params, test_x, test_y), 'val_top1': val_acc[best], 'weight_decay': best}
@@ -58,7 +66,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 # Evaluator keys of this kind beyond the common ones (registry.COMMON).
 DEFAULTS = {
-    'train_shards': '',  # the labelled shards the classifier is fit on (`shards` is the test set)
+  'train_shards': '',  # the labelled shards the classifier is fit on (`shards` is the test set)
 }
 
 

@@ -22,11 +22,11 @@ from superclip_jax.evals import linear_probe, retrieval, zeroshot
 KINDS = {'zeroshot': zeroshot, 'retrieval': retrieval, 'linear_probe': linear_probe}
 
 COMMON = {
-    'kind': 'zeroshot',  # one of KINDS
-    'shards': '',  # the evaluation shard directory
-    'every_steps': 0,  # during training: every N steps (0: only at the end)
-    'batch_size': 256,  # images per evaluation batch (rounded up to the device count)
-    'max_examples': 0,  # only the first N records (0: all)
+  'kind': 'zeroshot',  # one of KINDS
+  'shards': '',  # the evaluation shard directory
+  'every_steps': 0,  # during training: every N steps (0: only at the end)
+  'batch_size': 256,  # images per evaluation batch (rounded up to the device count)
+  'max_examples': 0,  # only the first N records (0: all)
 }
 
 
@@ -67,11 +67,13 @@ class Evaluators:
     self.embedder = embedder
     self._built = {}
     from superclip_jax.data import inputs, records
+
     for name, ev in self.evals.items():
       module = KINDS[ev.kind]
       if ev.kind in ('zeroshot', 'retrieval'):  # their texts must be token ids of the model's vocabulary
-        inputs.check_tokenizer_matches(config, records.read_manifest(ev.shards)['tokenizer'],
-                                       f'config.evals.{name}.shards ({ev.shards})')
+        inputs.check_tokenizer_matches(
+          config, records.read_manifest(ev.shards)['tokenizer'], f'config.evals.{name}.shards ({ev.shards})'
+        )
       try:
         self._built[name] = module.Evaluator(ev, embedder, seed=config.seed)
       except ValueError as e:
@@ -79,8 +81,7 @@ class Evaluators:
 
   def due(self, step: int, total_steps: int) -> list[str]:
     """Evaluators to run after `step`: at their frequency, and all of them at the end."""
-    return [n for n, ev in self.evals.items()
-            if step == total_steps or (ev.every_steps and step % ev.every_steps == 0)]
+    return [n for n, ev in self.evals.items() if step == total_steps or (ev.every_steps and step % ev.every_steps == 0)]
 
   def run(self, params, names=None) -> dict[str, float]:
     results = {}

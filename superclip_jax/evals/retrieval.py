@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray | None,
-                ks=(1, 5, 10), labels: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+def recall_at_k(
+  image_emb: np.ndarray,
+  text_emb: np.ndarray,
+  text_to_image: np.ndarray | None,
+  ks=(1, 5, 10),
+  labels: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
   """image_to_text_r@K: an image counts when any of its correct texts is in its top K texts;
   text_to_image_r@K: a text counts when any of its correct images is in its top K images.
 
@@ -33,9 +38,9 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.n
 
 # Evaluator keys of this kind beyond the common ones (registry.COMMON).
 DEFAULTS = {
-    # 'key': a text is right for its own image (records 'IMG#i' are captions of one image,
-    # the COCO / Flickr30k convention); 'label': for every image of its class (templated captions)
-    'match': 'key',
+  # 'key': a text is right for its own image (records 'IMG#i' are captions of one image,
+  # the COCO / Flickr30k convention); 'label': for every image of its class (templated captions)
+  'match': 'key',
 }
 
 

@@ -11,11 +11,12 @@ from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.evals import prompts
 
 
-def class_embeddings(encode_text: Callable[[list[str]], np.ndarray], classnames: Sequence[str],
-                     templates: Sequence[str], chunk: int = 256) -> np.ndarray:
+def class_embeddings(
+  encode_text: Callable[[list[str]], np.ndarray], classnames: Sequence[str], templates: Sequence[str], chunk: int = 256
+) -> np.ndarray:
   """(C, D): per class, the mean of its normalised prompt embeddings, renormalised (OpenAI's ensemble)."""
   prompts = [t.format(c) for c in classnames for t in templates]
-  emb = np.concatenate([encode_text(prompts[i:i + chunk]) for i in range(0, len(prompts), chunk)])
+  emb = np.concatenate([encode_text(prompts[i : i + chunk]) for i in range(0, len(prompts), chunk)])
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
   emb = emb.reshape(len(classnames), len(templates), -1).mean(axis=1)
   return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -37,8 +38,8 @@ def evaluate(image_embeddings: np.ndarray, labels: np.ndarray, class_emb: np.nda
 
 # Evaluator keys of this kind beyond the common ones (registry.COMMON).
 DEFAULTS = {
-    'class_names': 'manifest',  # 'manifest' (the shards' ImageFolder classes), 'imagenet' (OpenAI's 1,000), a tuple
-    'templates': 'simple',  # 'simple' (a photo of a {}.), 'imagenet' (OpenAI's 80), or a tuple of '{}' strings
+  'class_names': 'manifest',  # 'manifest' (the shards' ImageFolder classes), 'imagenet' (OpenAI's 1,000), a tuple
+  'templates': 'simple',  # 'simple' (a photo of a {}.), 'imagenet' (OpenAI's 80), or a tuple of '{}' strings
 }
 
 
@@ -58,8 +59,6 @@ class Evaluator:
     manifest = records.read_manifest(ev.shards)
     classnames = prompts.resolve_classnames(ev.class_names, manifest.get('class_names', ()))
     templates = prompts.resolve_templates(ev.templates)
-    tok = tokenizer_lib.load_tokenizer(manifest['tokenizer'].get('spec', 'clip'),
-                                       self.embedder.model_def.cfg.context_length)
-    classes = class_embeddings(lambda texts: self.embedder.texts(params, tok(texts), ev.batch_size),
-                               classnames, templates)
+    tok = tokenizer_lib.load_tokenizer(manifest['tokenizer'].get('spec', 'clip'), self.embedder.model_def.cfg.context_length)
+    classes = class_embeddings(lambda texts: self.embedder.texts(params, tok(texts), ev.batch_size), classnames, templates)
     return evaluate(images['embedding'], images['label'], classes)

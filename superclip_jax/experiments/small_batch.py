@@ -20,14 +20,17 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-METRICS = (('zeroshot/zeroshot/top1', 'zero-shot top-1'),
-           ('retrieval/retrieval/text_to_image_r1', 'text->image R@1'),
-           ('retrieval/retrieval/image_to_text_r1', 'image->text R@1'))
+METRICS = (
+  ('zeroshot/zeroshot/top1', 'zero-shot top-1'),
+  ('retrieval/retrieval/text_to_image_r1', 'text->image R@1'),
+  ('retrieval/retrieval/image_to_text_r1', 'image->text R@1'),
+)
 
 
 def run_one(model: str, batch: int, seed: int, samples: int, workdir: str) -> dict[str, float]:
   """One training run; returns its final evaluation metrics."""
   from superclip_jax import config_defaults, train
+
   config = config_defaults.load_config_file(os.path.join(ROOT, 'configs', 'demo_mnist.py'))
   config.seed = seed
   config.data.global_batch_size = batch
@@ -54,36 +57,50 @@ def _mean(results, variant: str, batch: int, seeds) -> float:
 def write_report(results: dict, samples: int, seeds, batches, out_dir: str, seconds: float) -> str:
   """docs/small_batch.md with the table, and the plot if matplotlib is installed."""
   os.makedirs(out_dir, exist_ok=True)
-  lines = ['# Batch-size study in miniature (MNIST demo)', '',
-           f'Command: `python -m superclip_jax.experiments.small_batch --samples {samples} '
-           f'--seeds {",".join(map(str, seeds))} --batches {",".join(map(str, batches))}` '
-           f'({seconds / 60:.0f} min on this machine: 2 CPU cores).',
-           f'Every run sees {samples} samples (configs/demo_mnist.py model, 4,000 training digits); '
-           'metrics on the 1,000 held-out digits, mean +- std over seeds, in %.', '',
-           '| global batch | steps | model | ' + ' | '.join(name for _, name in METRICS) + ' |',
-           '|---|---|---|' + '---|' * len(METRICS)]
+  lines = [
+    '# Batch-size study in miniature (MNIST demo)',
+    '',
+    f'Command: `python -m superclip_jax.experiments.small_batch --samples {samples} '
+    f'--seeds {",".join(map(str, seeds))} --batches {",".join(map(str, batches))}` '
+    f'({seconds / 60:.0f} min on this machine: 2 CPU cores).',
+    f'Every run sees {samples} samples (configs/demo_mnist.py model, 4,000 training digits); '
+    'metrics on the 1,000 held-out digits, mean +- std over seeds, in %.',
+    '',
+    '| global batch | steps | model | ' + ' | '.join(name for _, name in METRICS) + ' |',
+    '|---|---|---|' + '---|' * len(METRICS),
+  ]
   for batch in batches:
     for model in ('clip', 'superclip'):
       cells = []
       for key, _ in METRICS:
         values = np.array([results[(model, batch, s)][key] for s in seeds]) * 100
         cells.append(f'{values.mean():.1f} +- {values.std():.1f}')
-      lines.append(f'| {batch} | {max(1, samples // batch)} | {"CLIP" if model == "clip" else "SuperCLIP"} | '
-                   + ' | '.join(cells) + ' |')
-  lines += ['', 'Gain of SuperCLIP over CLIP in zero-shot top-1 (points): ' + ', '.join(
-      f'batch {b}: {100 * (_mean(results, "superclip", b, seeds) - _mean(results, "clip", b, seeds)):+.1f}'
-      for b in batches) + '.', '',
-      'Read with care: a fixed sample budget gives the larger batches proportionally fewer optimizer '
-      'steps (the steps column), so at this budget the largest batch may not get past chance for '
-      'either model, and its "gain" then says nothing. The test captions repeat one phrasing per '
-      'digit, so text->image R@1 is decided by 10 distinct texts (multiples of 10%) and retrieval '
-      'counts a text as right for every image of its digit.', '', 'Raw results: `small_batch.json`.']
+      lines.append(
+        f'| {batch} | {max(1, samples // batch)} | {"CLIP" if model == "clip" else "SuperCLIP"} | ' + ' | '.join(cells) + ' |'
+      )
+  lines += [
+    '',
+    'Gain of SuperCLIP over CLIP in zero-shot top-1 (points): '
+    + ', '.join(
+      f'batch {b}: {100 * (_mean(results, "superclip", b, seeds) - _mean(results, "clip", b, seeds)):+.1f}' for b in batches
+    )
+    + '.',
+    '',
+    'Read with care: a fixed sample budget gives the larger batches proportionally fewer optimizer '
+    'steps (the steps column), so at this budget the largest batch may not get past chance for '
+    'either model, and its "gain" then says nothing. The test captions repeat one phrasing per '
+    'digit, so text->image R@1 is decided by 10 distinct texts (multiples of 10%) and retrieval '
+    'counts a text as right for every image of its digit.',
+    '',
+    'Raw results: `small_batch.json`.',
+  ]
   with open(os.path.join(out_dir, 'small_batch.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(os.path.join(out_dir, 'small_batch.json'), 'w') as f:
     json.dump([{'model': m, 'batch': b, 'seed': s, **v} for (m, b, s), v in sorted(results.items())], f, indent=1)
   try:
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
   except ImportError:
@@ -105,8 +122,11 @@ def write_report(results: dict, samples: int, seeds, batches, out_dir: str, seco
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m superclip_jax.experiments.small_batch', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m superclip_jax.experiments.small_batch',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('--samples', type=int, default=8192)
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--batches', default='16,64,256')
@@ -123,6 +143,7 @@ def main(argv=None):
     print(write_report(results, args.samples, seeds, batches, args.out, args.minutes * 60))
     return
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in args.seeds.split(',')]
   batches = [int(b) for b in args.batches.split(',')]
@@ -132,11 +153,11 @@ def main(argv=None):
     for batch in batches:
       for seed in seeds:
         for model in ('clip', 'superclip'):
-          results[(model, batch, seed)] = run_one(model, batch, seed, args.samples,
-                                                  os.path.join(tmp, f'{model}_{batch}_{seed}'))
+          results[(model, batch, seed)] = run_one(model, batch, seed, args.samples, os.path.join(tmp, f'{model}_{batch}_{seed}'))
           print(model, batch, seed, results[(model, batch, seed)], f'{time.time() - start:.0f}s', flush=True)
     # The training curves of the first seed's runs, compared (python -m superclip_jax.plot).
     from superclip_jax import plot
+
     runs = [os.path.join(tmp, f'{m}_{b}_{seeds[0]}') for b in batches for m in ('clip', 'superclip')]
     print(plot.plot(runs, os.path.join(args.out, 'small_batch_curves.png')))
   print(write_report(results, args.samples, seeds, batches, args.out, time.time() - start))

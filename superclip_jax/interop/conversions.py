@@ -40,16 +40,20 @@ def _open_clip_source(src: str) -> tuple[dict, dict]:
   raise UserError(f'{src}: none of {OPEN_CLIP_WEIGHTS} found')
 
 
-def read_foreign(kind: str, src: str, *, quick_gelu: bool | None = None, image_heads: int = 0,
-                 text_heads: int = 0) -> tuple[ModelConfig, dict]:
+def read_foreign(
+  kind: str, src: str, *, quick_gelu: bool | None = None, image_heads: int = 0, text_heads: int = 0
+) -> tuple[ModelConfig, dict]:
   """(ModelConfig, params) of an 'openai' / 'open_clip' checkpoint or an 'hf' CLIPModel directory."""
   if kind == 'hf':
     config, sd = tensors.read_hf_dir(src)
     sd, hints = hf.to_openclip(sd, config)
     sd = _with_head(sd, src)
-    cfg = openclip.infer_config(sd, quick_gelu=hints['quick_gelu'] if quick_gelu is None else quick_gelu,
-                                image_heads=image_heads or hints['image_heads'],
-                                text_heads=text_heads or hints['text_heads'])
+    cfg = openclip.infer_config(
+      sd,
+      quick_gelu=hints['quick_gelu'] if quick_gelu is None else quick_gelu,
+      image_heads=image_heads or hints['image_heads'],
+      text_heads=text_heads or hints['text_heads'],
+    )
     cfg = dataclasses.replace(cfg, eot_id=hints['eot_id'])
   elif kind in ('openai', 'open_clip'):
     sd, model_cfg = _open_clip_source(src)
@@ -77,9 +81,11 @@ def tokenizer_description(cfg: ModelConfig, spec: str = '') -> dict:
 def convert_in(kind: str, src: str, out: str, tokenizer: str = '', **hints) -> str:
   """Write a superclip_jax export (params incl. any token classifier + model_config.json); returns out."""
   from superclip_jax import export
+
   cfg, params = read_foreign(kind, src, **hints)
-  return export.write_export(out, cfg, params, tokenizer_description(cfg, tokenizer),
-                             converted_from={'format': kind, 'path': os.path.abspath(src)})
+  return export.write_export(
+    out, cfg, params, tokenizer_description(cfg, tokenizer), converted_from={'format': kind, 'path': os.path.abspath(src)}
+  )
 
 
 def read_ours(src: str) -> tuple[ModelConfig, dict]:
@@ -87,6 +93,7 @@ def read_ours(src: str) -> tuple[ModelConfig, dict]:
   import ml_collections
 
   from superclip_jax import checkpoint, storage
+
   if storage.exists(storage.join(src, 'model_config.json')):
     meta = json.loads(storage.read_text(storage.join(src, 'model_config.json')))
     return ModelConfig.from_dict(meta['model']), checkpoint.read_numpy_tree(storage.join(src, 'params'))
@@ -98,10 +105,20 @@ def read_ours(src: str) -> tuple[ModelConfig, dict]:
 
 def _preprocessor_config(cfg: ModelConfig) -> dict:
   s = cfg.image_size
-  return {'image_processor_type': 'CLIPImageProcessor', 'do_resize': True, 'size': {'shortest_edge': s},
-          'resample': 3, 'do_center_crop': True, 'crop_size': {'height': s, 'width': s}, 'do_rescale': True,
-          'rescale_factor': 1 / 255, 'do_normalize': True, 'image_mean': list(vit.CLIP_MEAN_RGB),
-          'image_std': list(vit.CLIP_STD_RGB), 'do_convert_rgb': True}
+  return {
+    'image_processor_type': 'CLIPImageProcessor',
+    'do_resize': True,
+    'size': {'shortest_edge': s},
+    'resample': 3,
+    'do_center_crop': True,
+    'crop_size': {'height': s, 'width': s},
+    'do_rescale': True,
+    'rescale_factor': 1 / 255,
+    'do_normalize': True,
+    'image_mean': list(vit.CLIP_MEAN_RGB),
+    'image_std': list(vit.CLIP_STD_RGB),
+    'do_convert_rgb': True,
+  }
 
 
 def write_hf_tokenizer(out: str, context_length: int) -> None:
@@ -109,8 +126,9 @@ def write_hf_tokenizer(out: str, context_length: int) -> None:
   import gzip
 
   from superclip_jax.data import tokenizer as tokenizer_lib
+
   lines = gzip.open(tokenizer_lib.find_clip_merges()).read().decode('utf-8').split('\n')
-  merges = lines[1:49152 - 256 - 2 + 1]  # the merges OpenAI's SimpleTokenizer uses (tokenizer.clip_tokenizer)
+  merges = lines[1 : 49152 - 256 - 2 + 1]  # the merges OpenAI's SimpleTokenizer uses (tokenizer.clip_tokenizer)
   symbols = list(tokenizer_lib._bytes_to_unicode().values())
   vocab = symbols + [s + '</w>' for s in symbols] + [''.join(m.split()) for m in merges]
   vocab += ['<|startoftext|>', '<|endoftext|>']  # ids 49406, 49407 under HF's names
@@ -119,9 +137,19 @@ def write_hf_tokenizer(out: str, context_length: int) -> None:
   with open(os.path.join(out, 'merges.txt'), 'w', encoding='utf-8') as f:
     f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
   with open(os.path.join(out, 'tokenizer_config.json'), 'w') as f:
-    json.dump({'tokenizer_class': 'CLIPTokenizer', 'model_max_length': context_length,
-               'bos_token': '<|startoftext|>', 'eos_token': '<|endoftext|>', 'unk_token': '<|endoftext|>',
-               'pad_token': '<|endoftext|>', 'do_lower_case': True}, f, indent=1)
+    json.dump(
+      {
+        'tokenizer_class': 'CLIPTokenizer',
+        'model_max_length': context_length,
+        'bos_token': '<|startoftext|>',
+        'eos_token': '<|endoftext|>',
+        'unk_token': '<|endoftext|>',
+        'pad_token': '<|endoftext|>',
+        'do_lower_case': True,
+      },
+      f,
+      indent=1,
+    )
 
 
 def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
@@ -134,8 +162,7 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
     tensors.write_safetensors(os.path.join(out, HEAD_FILE), head, {'format': 'pt'})
   if to == 'hf':
     if 'logit_bias' in sd:  # CLIPModel has no bias; the towers (what pipelines use) are unaffected
-      print('superclip_jax.convert: note: the SigLIP logit_bias has no place in a CLIPModel and is left out',
-            file=sys.stderr)
+      print('superclip_jax.convert: note: the SigLIP logit_bias has no place in a CLIPModel and is left out', file=sys.stderr)
     scale = float(sd.get('logit_scale', np.log(1 / 0.07)))
     with open(os.path.join(out, 'config.json'), 'w') as f:
       json.dump(hf.hf_config(cfg, scale), f, indent=1)
@@ -146,10 +173,17 @@ def convert_out(to: str, src: str, out: str, fmt: str = 'safetensors') -> str:
       write_hf_tokenizer(out, cfg.context_length)
   elif to == 'open_clip':
     bias = float(np.reshape(sd['logit_bias'], ())) if 'logit_bias' in sd else None
-    config = {'model_cfg': openclip.open_clip_config(cfg, bias),
-              'preprocess_cfg': {'size': cfg.image_size, 'mode': 'RGB', 'interpolation': 'bicubic',
-                                 'resize_mode': 'shortest', 'mean': list(vit.CLIP_MEAN_RGB),
-                                 'std': list(vit.CLIP_STD_RGB)}}
+    config = {
+      'model_cfg': openclip.open_clip_config(cfg, bias),
+      'preprocess_cfg': {
+        'size': cfg.image_size,
+        'mode': 'RGB',
+        'interpolation': 'bicubic',
+        'resize_mode': 'shortest',
+        'mean': list(vit.CLIP_MEAN_RGB),
+        'std': list(vit.CLIP_STD_RGB),
+      },
+    }
     if head:  # open_clip reads model_cfg and preprocess_cfg only; this is for whoever wants the head
       config['token_classifier'] = openclip.token_classifier_config(cfg, HEAD_FILE)
     with open(os.path.join(out, OPEN_CLIP_CONFIG), 'w') as f:

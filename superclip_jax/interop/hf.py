@@ -19,19 +19,26 @@ from superclip_jax.models.superclip import ModelConfig
 _LEGACY_EOS = 2
 _LAYER = re.compile(r'^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)$')
 _RENAMES = {
-    'vision_model.embeddings.class_embedding': 'visual.class_embedding',
-    'vision_model.embeddings.patch_embedding.weight': 'visual.conv1.weight',
-    'vision_model.embeddings.position_embedding.weight': 'visual.positional_embedding',
-    'vision_model.pre_layrnorm.weight': 'visual.ln_pre.weight', 'vision_model.pre_layrnorm.bias': 'visual.ln_pre.bias',
-    'vision_model.post_layernorm.weight': 'visual.ln_post.weight',
-    'vision_model.post_layernorm.bias': 'visual.ln_post.bias',
-    'text_model.embeddings.token_embedding.weight': 'token_embedding.weight',
-    'text_model.embeddings.position_embedding.weight': 'positional_embedding',
-    'text_model.final_layer_norm.weight': 'ln_final.weight', 'text_model.final_layer_norm.bias': 'ln_final.bias',
-    'logit_scale': 'logit_scale',
+  'vision_model.embeddings.class_embedding': 'visual.class_embedding',
+  'vision_model.embeddings.patch_embedding.weight': 'visual.conv1.weight',
+  'vision_model.embeddings.position_embedding.weight': 'visual.positional_embedding',
+  'vision_model.pre_layrnorm.weight': 'visual.ln_pre.weight',
+  'vision_model.pre_layrnorm.bias': 'visual.ln_pre.bias',
+  'vision_model.post_layernorm.weight': 'visual.ln_post.weight',
+  'vision_model.post_layernorm.bias': 'visual.ln_post.bias',
+  'text_model.embeddings.token_embedding.weight': 'token_embedding.weight',
+  'text_model.embeddings.position_embedding.weight': 'positional_embedding',
+  'text_model.final_layer_norm.weight': 'ln_final.weight',
+  'text_model.final_layer_norm.bias': 'ln_final.bias',
+  'logit_scale': 'logit_scale',
 }
-_LAYER_RENAMES = {'layer_norm1': 'ln_1', 'layer_norm2': 'ln_2', 'mlp.fc1': 'mlp.c_fc', 'mlp.fc2': 'mlp.c_proj',
-                  'self_attn.out_proj': 'attn.out_proj'}
+_LAYER_RENAMES = {
+  'layer_norm1': 'ln_1',
+  'layer_norm2': 'ln_2',
+  'mlp.fc1': 'mlp.c_fc',
+  'mlp.fc2': 'mlp.c_proj',
+  'self_attn.out_proj': 'attn.out_proj',
+}
 # Tensors stored the other way round in the two layouts (HF's nn.Linear keeps (out, in)).
 _TRANSPOSED = {'visual_projection.weight': 'visual.proj', 'text_projection.weight': 'text_projection'}
 _IGNORED = ('text_model.embeddings.position_ids', 'vision_model.embeddings.position_ids')
@@ -67,7 +74,7 @@ def to_openclip(sd: dict, config: dict) -> tuple[dict, dict]:
         continue
       for a, b in _LAYER_RENAMES.items():
         if rest.startswith(a + '.'):
-          out[f'{block}.{b}{rest[len(a):]}'] = v
+          out[f'{block}.{b}{rest[len(a) :]}'] = v
           break
       else:
         unknown.append(k)
@@ -83,8 +90,12 @@ def to_openclip(sd: dict, config: dict) -> tuple[dict, dict]:
   tc, vc = config.get('text_config', {}), config.get('vision_config', {})
   eos = tc.get('eos_token_id', 49407)  # transformers writes only non-default values; its default is CLIP's EOT
   vocab = out['token_embedding.weight'].shape[0] if 'token_embedding.weight' in out else 49408
-  hints = {'quick_gelu': _activation(config), 'image_heads': vc.get('num_attention_heads', 12),
-           'text_heads': tc.get('num_attention_heads', 8), 'eot_id': vocab - 1 if eos == _LEGACY_EOS else eos}
+  hints = {
+    'quick_gelu': _activation(config),
+    'image_heads': vc.get('num_attention_heads', 12),
+    'text_heads': tc.get('num_attention_heads', 8),
+    'eot_id': vocab - 1 if eos == _LEGACY_EOS else eos,
+  }
   return out, hints
 
 
@@ -100,16 +111,16 @@ def from_openclip(sd: dict) -> dict:
     elif k in transposed:
       out[transposed[k]] = np.ascontiguousarray(v.T)
     elif m:
-      layer = f"{'vision_model' if m.group(1) == 'visual.transformer' else 'text_model'}.encoder.layers.{m.group(2)}"
+      layer = f'{"vision_model" if m.group(1) == "visual.transformer" else "text_model"}.encoder.layers.{m.group(2)}'
       rest = m.group(3)
       if rest.startswith('attn.in_proj_'):
-        kind = rest[len('attn.in_proj_'):]
+        kind = rest[len('attn.in_proj_') :]
         for name, part in zip('qkv', np.split(v, 3, axis=0)):
           out[f'{layer}.self_attn.{name}_proj.{kind}'] = np.ascontiguousarray(part)
         continue
       for a, b in _LAYER_RENAMES.items():
         if rest.startswith(b + '.'):
-          out[f'{layer}.{a}{rest[len(b):]}'] = v
+          out[f'{layer}.{a}{rest[len(b) :]}'] = v
           break
     elif k != 'logit_bias':
       raise ValueError(f'no HF name for {k}')
@@ -121,15 +132,41 @@ def hf_config(cfg: ModelConfig, logit_scale: float) -> dict:
   act = 'quick_gelu' if cfg.quick_gelu else 'gelu'
   if cfg.text is None:
     raise UserError('a SuperClass model (no text tower) has no HF CLIPModel form')
-  text = {'vocab_size': cfg.vocab_size, 'hidden_size': cfg.text.width,
-          'intermediate_size': int(cfg.text.width * cfg.text.mlp_ratio), 'num_hidden_layers': cfg.text.depth,
-          'num_attention_heads': cfg.text.heads, 'max_position_embeddings': cfg.context_length, 'hidden_act': act,
-          'layer_norm_eps': 1e-5, 'projection_dim': cfg.embed_dim, 'bos_token_id': 49406 if cfg.vocab_size == 49408
-          else cfg.vocab_size - 2, 'eos_token_id': cfg.eot_id, 'pad_token_id': 1, 'model_type': 'clip_text_model'}
-  vision = {'hidden_size': cfg.image.width, 'intermediate_size': int(cfg.image.width * cfg.image.mlp_ratio),
-            'num_hidden_layers': cfg.image.depth, 'num_attention_heads': cfg.image.heads, 'num_channels': 3,
-            'image_size': cfg.image_size, 'patch_size': cfg.image.patch_size, 'hidden_act': act,
-            'layer_norm_eps': 1e-5, 'projection_dim': cfg.embed_dim, 'model_type': 'clip_vision_model'}
-  return {'architectures': ['CLIPModel'], 'model_type': 'clip', 'projection_dim': cfg.embed_dim,
-          'logit_scale_init_value': logit_scale, 'initializer_factor': 1.0, 'torch_dtype': 'float32',
-          'text_config': text, 'vision_config': vision}
+  text = {
+    'vocab_size': cfg.vocab_size,
+    'hidden_size': cfg.text.width,
+    'intermediate_size': int(cfg.text.width * cfg.text.mlp_ratio),
+    'num_hidden_layers': cfg.text.depth,
+    'num_attention_heads': cfg.text.heads,
+    'max_position_embeddings': cfg.context_length,
+    'hidden_act': act,
+    'layer_norm_eps': 1e-5,
+    'projection_dim': cfg.embed_dim,
+    'bos_token_id': 49406 if cfg.vocab_size == 49408 else cfg.vocab_size - 2,
+    'eos_token_id': cfg.eot_id,
+    'pad_token_id': 1,
+    'model_type': 'clip_text_model',
+  }
+  vision = {
+    'hidden_size': cfg.image.width,
+    'intermediate_size': int(cfg.image.width * cfg.image.mlp_ratio),
+    'num_hidden_layers': cfg.image.depth,
+    'num_attention_heads': cfg.image.heads,
+    'num_channels': 3,
+    'image_size': cfg.image_size,
+    'patch_size': cfg.image.patch_size,
+    'hidden_act': act,
+    'layer_norm_eps': 1e-5,
+    'projection_dim': cfg.embed_dim,
+    'model_type': 'clip_vision_model',
+  }
+  return {
+    'architectures': ['CLIPModel'],
+    'model_type': 'clip',
+    'projection_dim': cfg.embed_dim,
+    'logit_scale_init_value': logit_scale,
+    'initializer_factor': 1.0,
+    'torch_dtype': 'float32',
+    'text_config': text,
+    'vision_config': vision,
+  }

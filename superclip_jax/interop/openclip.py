@@ -33,13 +33,32 @@ from superclip_jax.errors import UserError
 from superclip_jax.models import presets
 from superclip_jax.models.superclip import ModelConfig
 
-IGNORED = ('input_resolution', 'context_length', 'vocab_size', 'cap_fq', 'num_samples', 'attn_mask', 'text.attn_mask',
-           'position_ids')
+IGNORED = (
+  'input_resolution',
+  'context_length',
+  'vocab_size',
+  'cap_fq',
+  'num_samples',
+  'attn_mask',
+  'text.attn_mask',
+  'position_ids',
+)
 HEAD = 'text_decoder.'
 _BLOCK = re.compile(r'^(.*transformer)\.resblocks\.(\d+)\.(.+)$')
-_BLOCK_KEYS = ('ln_1.weight', 'ln_1.bias', 'attn.in_proj_weight', 'attn.in_proj_bias', 'attn.out_proj.weight',
-               'attn.out_proj.bias', 'ln_2.weight', 'ln_2.bias', 'mlp.c_fc.weight', 'mlp.c_fc.bias',
-               'mlp.c_proj.weight', 'mlp.c_proj.bias')
+_BLOCK_KEYS = (
+  'ln_1.weight',
+  'ln_1.bias',
+  'attn.in_proj_weight',
+  'attn.in_proj_bias',
+  'attn.out_proj.weight',
+  'attn.out_proj.bias',
+  'ln_2.weight',
+  'ln_2.bias',
+  'mlp.c_fc.weight',
+  'mlp.c_fc.bias',
+  'mlp.c_proj.weight',
+  'mlp.c_proj.bias',
+)
 
 
 def _depth(sd: dict, prefix: str) -> int:
@@ -51,8 +70,9 @@ def _heads(width: int, given: int, what: str) -> int:
   if given:
     return given
   if width % 64:
-    raise UserError(f'{what} width {width} is not a multiple of 64: give its number of heads '
-                    f'(--{what}-heads); a state dict does not store it')
+    raise UserError(
+      f'{what} width {width} is not a multiple of 64: give its number of heads (--{what}-heads); a state dict does not store it'
+    )
   return width // 64
 
 
@@ -81,26 +101,42 @@ def infer_config(sd: dict, *, quick_gelu: bool, image_heads: int = 0, text_heads
   width, _, patch, _ = sd['visual.conv1.weight'].shape
   grid = int(round((sd['visual.positional_embedding'].shape[0] - 1) ** 0.5))
   fc = sd.get('visual.transformer.resblocks.0.mlp.c_fc.weight')
-  image = presets.TowerSize(width=int(width), depth=_depth(sd, 'visual.transformer'),
-                            heads=_heads(int(width), image_heads, 'image'),
-                            mlp_ratio=_mlp_ratio(fc, int(width)), patch_size=int(patch))
+  image = presets.TowerSize(
+    width=int(width),
+    depth=_depth(sd, 'visual.transformer'),
+    heads=_heads(int(width), image_heads, 'image'),
+    mlp_ratio=_mlp_ratio(fc, int(width)),
+    patch_size=int(patch),
+  )
   t = text_prefix(sd)
   text, vocab, ctx = None, 49408, 77
   if t + 'token_embedding.weight' in sd:
     vocab, tw = sd[t + 'token_embedding.weight'].shape
     ctx = sd[t + 'positional_embedding'].shape[0]
     tfc = sd.get(t + 'transformer.resblocks.0.mlp.c_fc.weight')
-    text = presets.TowerSize(width=int(tw), depth=_depth(sd, t + 'transformer'),
-                             heads=_heads(int(tw), text_heads, 'text'),
-                             mlp_ratio=_mlp_ratio(tfc, int(tw)))
+    text = presets.TowerSize(
+      width=int(tw),
+      depth=_depth(sd, t + 'transformer'),
+      heads=_heads(int(tw), text_heads, 'text'),
+      mlp_ratio=_mlp_ratio(tfc, int(tw)),
+    )
   head = HEAD + 'text_projection.weight' in sd
   variant = 'superclip' if head and text else 'superclass' if head else 'clip'
   if head:
     vocab = sd[HEAD + 'text_projection.weight'].shape[0]
   contrastive = 'sigmoid' if 'logit_bias' in sd else 'softmax' if text else 'none'
-  return ModelConfig(variant=variant, image=image, text=text, embed_dim=int(sd['visual.proj'].shape[1]),
-                     image_size=int(grid * patch), vocab_size=int(vocab), context_length=int(ctx),
-                     eot_id=int(vocab) - 1, quick_gelu=quick_gelu, contrastive=contrastive)
+  return ModelConfig(
+    variant=variant,
+    image=image,
+    text=text,
+    embed_dim=int(sd['visual.proj'].shape[1]),
+    image_size=int(grid * patch),
+    vocab_size=int(vocab),
+    context_length=int(ctx),
+    eot_id=int(vocab) - 1,
+    quick_gelu=quick_gelu,
+    contrastive=contrastive,
+  )
 
 
 def _linear(w):
@@ -116,28 +152,36 @@ def _blocks_in(sd: dict, prefix: str, size: presets.TowerSize) -> dict:
   st = {k: np.stack(v) for k, v in per.items()}
   d = size.depth
   return {
-      'ln_1': {'scale': st['ln_1.weight'], 'bias': st['ln_1.bias']},
-      'attn_in': {'kernel': st['attn.in_proj_weight'].reshape(d, 3, h, w // h, w).transpose(0, 4, 1, 2, 3),
-                  'bias': st['attn.in_proj_bias'].reshape(d, 3, h, w // h)},
-      'attn_out': {'kernel': st['attn.out_proj.weight'].transpose(0, 2, 1).reshape(d, h, w // h, w),
-                   'bias': st['attn.out_proj.bias']},
-      'ln_2': {'scale': st['ln_2.weight'], 'bias': st['ln_2.bias']},
-      'mlp_fc': {'kernel': st['mlp.c_fc.weight'].transpose(0, 2, 1), 'bias': st['mlp.c_fc.bias']},
-      'mlp_proj': {'kernel': st['mlp.c_proj.weight'].transpose(0, 2, 1), 'bias': st['mlp.c_proj.bias']},
+    'ln_1': {'scale': st['ln_1.weight'], 'bias': st['ln_1.bias']},
+    'attn_in': {
+      'kernel': st['attn.in_proj_weight'].reshape(d, 3, h, w // h, w).transpose(0, 4, 1, 2, 3),
+      'bias': st['attn.in_proj_bias'].reshape(d, 3, h, w // h),
+    },
+    'attn_out': {
+      'kernel': st['attn.out_proj.weight'].transpose(0, 2, 1).reshape(d, h, w // h, w),
+      'bias': st['attn.out_proj.bias'],
+    },
+    'ln_2': {'scale': st['ln_2.weight'], 'bias': st['ln_2.bias']},
+    'mlp_fc': {'kernel': st['mlp.c_fc.weight'].transpose(0, 2, 1), 'bias': st['mlp.c_fc.bias']},
+    'mlp_proj': {'kernel': st['mlp.c_proj.weight'].transpose(0, 2, 1), 'bias': st['mlp.c_proj.bias']},
   }
 
 
 def _blocks_out(p: dict, prefix: str, copy: bool = True) -> dict:
   d, w = p['attn_in']['kernel'].shape[:2]
   tensors = {
-      'ln_1.weight': p['ln_1']['scale'], 'ln_1.bias': p['ln_1']['bias'],
-      'attn.in_proj_weight': p['attn_in']['kernel'].transpose(0, 2, 3, 4, 1).reshape(d, 3 * w, w),
-      'attn.in_proj_bias': p['attn_in']['bias'].reshape(d, 3 * w),
-      'attn.out_proj.weight': p['attn_out']['kernel'].reshape(d, w, w).transpose(0, 2, 1),
-      'attn.out_proj.bias': p['attn_out']['bias'],
-      'ln_2.weight': p['ln_2']['scale'], 'ln_2.bias': p['ln_2']['bias'],
-      'mlp.c_fc.weight': p['mlp_fc']['kernel'].transpose(0, 2, 1), 'mlp.c_fc.bias': p['mlp_fc']['bias'],
-      'mlp.c_proj.weight': p['mlp_proj']['kernel'].transpose(0, 2, 1), 'mlp.c_proj.bias': p['mlp_proj']['bias'],
+    'ln_1.weight': p['ln_1']['scale'],
+    'ln_1.bias': p['ln_1']['bias'],
+    'attn.in_proj_weight': p['attn_in']['kernel'].transpose(0, 2, 3, 4, 1).reshape(d, 3 * w, w),
+    'attn.in_proj_bias': p['attn_in']['bias'].reshape(d, 3 * w),
+    'attn.out_proj.weight': p['attn_out']['kernel'].reshape(d, w, w).transpose(0, 2, 1),
+    'attn.out_proj.bias': p['attn_out']['bias'],
+    'ln_2.weight': p['ln_2']['scale'],
+    'ln_2.bias': p['ln_2']['bias'],
+    'mlp.c_fc.weight': p['mlp_fc']['kernel'].transpose(0, 2, 1),
+    'mlp.c_fc.bias': p['mlp_fc']['bias'],
+    'mlp.c_proj.weight': p['mlp_proj']['kernel'].transpose(0, 2, 1),
+    'mlp.c_proj.bias': p['mlp_proj']['bias'],
   }
   take = np.ascontiguousarray if copy else (lambda x: x)
   return {f'{prefix}.resblocks.{i}.{k}': take(v[i]) for k, v in tensors.items() for i in range(d)}
@@ -152,6 +196,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
   import jax
 
   from superclip_jax.models.superclip import ModelDef
+
   # Zero-stride views: the mapping's transposes and reshapes run without allocating the model.
   views = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), np.float32), s.shape), ModelDef(cfg).shapes())
   sd, head = from_params(views, copy=False)
@@ -165,7 +210,7 @@ def normalise(sd: dict) -> dict:
   for k, v in sd.items():
     if k in IGNORED or k.endswith('.attn_mask'):
       continue
-    out[k[len(t):] if t and k.startswith(t) else k] = v
+    out[k[len(t) :] if t and k.startswith(t) else k] = v
   return out
 
 
@@ -181,22 +226,34 @@ def to_params(sd: dict, cfg: ModelConfig) -> dict:
       problems.append(f'{k}: shape {got}, expected {want[k]}')
   if problems:
     shown = problems[:24] + ([f'... {len(problems) - 24} more'] if len(problems) > 24 else [])
-    raise UserError(f'cannot convert to a {cfg.variant} model with {cfg.image.depth} image / '
-                    f'{cfg.text.depth if cfg.text else 0} text blocks: ' + '; '.join(shown))
-  params = {'image_tower': {
+    raise UserError(
+      f'cannot convert to a {cfg.variant} model with {cfg.image.depth} image / '
+      f'{cfg.text.depth if cfg.text else 0} text blocks: ' + '; '.join(shown)
+    )
+  params = {
+    'image_tower': {
       'conv1': sd['visual.conv1.weight'].transpose(2, 3, 1, 0),
-      'class_embedding': sd['visual.class_embedding'], 'positional_embedding': sd['visual.positional_embedding'],
-      'ln_pre': _ln(sd, 'visual.ln_pre'), 'ln_post': _ln(sd, 'visual.ln_post'), 'proj': sd['visual.proj'],
-      'transformer': _blocks_in(sd, 'visual.transformer', cfg.image)}}
+      'class_embedding': sd['visual.class_embedding'],
+      'positional_embedding': sd['visual.positional_embedding'],
+      'ln_pre': _ln(sd, 'visual.ln_pre'),
+      'ln_post': _ln(sd, 'visual.ln_post'),
+      'proj': sd['visual.proj'],
+      'transformer': _blocks_in(sd, 'visual.transformer', cfg.image),
+    }
+  }
   if cfg.text is not None:
     params['text_tower'] = {
-        'token_embedding': sd['token_embedding.weight'], 'positional_embedding': sd['positional_embedding'],
-        'ln_final': _ln(sd, 'ln_final'), 'text_projection': sd['text_projection'],
-        'transformer': _blocks_in(sd, 'transformer', cfg.text)}
+      'token_embedding': sd['token_embedding.weight'],
+      'positional_embedding': sd['positional_embedding'],
+      'ln_final': _ln(sd, 'ln_final'),
+      'text_projection': sd['text_projection'],
+      'transformer': _blocks_in(sd, 'transformer', cfg.text),
+    }
   if cfg.variant != 'clip':
     params['token_classifier'] = {
-        'norm': _ln(sd, HEAD + 'ln_mlp'),
-        'head': {'kernel': _linear(sd[HEAD + 'text_projection.weight']), 'bias': sd[HEAD + 'text_projection.bias']}}
+      'norm': _ln(sd, HEAD + 'ln_mlp'),
+      'head': {'kernel': _linear(sd[HEAD + 'text_projection.weight']), 'bias': sd[HEAD + 'text_projection.bias']},
+    }
   for name in ('logit_scale', 'logit_bias'):
     if name in sd:
       params[name] = np.asarray(sd[name], np.float32).reshape(())
@@ -206,16 +263,28 @@ def to_params(sd: dict, cfg: ModelConfig) -> dict:
 def from_params(params: dict, copy: bool = True) -> tuple[dict, dict]:
   """(OpenCLIP `CLIP` state dict, token classifier state dict or {}) from our params (copy=False: views)."""
   im = params['image_tower']
-  sd = {'visual.conv1.weight': im['conv1'].transpose(3, 2, 0, 1), 'visual.class_embedding': im['class_embedding'],
-        'visual.positional_embedding': im['positional_embedding'], 'visual.proj': im['proj'],
-        'visual.ln_pre.weight': im['ln_pre']['scale'], 'visual.ln_pre.bias': im['ln_pre']['bias'],
-        'visual.ln_post.weight': im['ln_post']['scale'], 'visual.ln_post.bias': im['ln_post']['bias']}
+  sd = {
+    'visual.conv1.weight': im['conv1'].transpose(3, 2, 0, 1),
+    'visual.class_embedding': im['class_embedding'],
+    'visual.positional_embedding': im['positional_embedding'],
+    'visual.proj': im['proj'],
+    'visual.ln_pre.weight': im['ln_pre']['scale'],
+    'visual.ln_pre.bias': im['ln_pre']['bias'],
+    'visual.ln_post.weight': im['ln_post']['scale'],
+    'visual.ln_post.bias': im['ln_post']['bias'],
+  }
   sd.update(_blocks_out(im['transformer'], 'visual.transformer', copy))
   if 'text_tower' in params:
     tx = params['text_tower']
-    sd.update({'token_embedding.weight': tx['token_embedding'], 'positional_embedding': tx['positional_embedding'],
-               'text_projection': tx['text_projection'], 'ln_final.weight': tx['ln_final']['scale'],
-               'ln_final.bias': tx['ln_final']['bias']})
+    sd.update(
+      {
+        'token_embedding.weight': tx['token_embedding'],
+        'positional_embedding': tx['positional_embedding'],
+        'text_projection': tx['text_projection'],
+        'ln_final.weight': tx['ln_final']['scale'],
+        'ln_final.bias': tx['ln_final']['bias'],
+      }
+    )
     sd.update(_blocks_out(tx['transformer'], 'transformer', copy))
   for name in ('logit_scale', 'logit_bias'):
     if name in params:
@@ -223,9 +292,12 @@ def from_params(params: dict, copy: bool = True) -> tuple[dict, dict]:
   head = {}
   if 'token_classifier' in params:
     tc = params['token_classifier']
-    head = {HEAD + 'ln_mlp.weight': tc['norm']['scale'], HEAD + 'ln_mlp.bias': tc['norm']['bias'],
-            HEAD + 'text_projection.weight': np.asarray(tc['head']['kernel']).T,
-            HEAD + 'text_projection.bias': tc['head']['bias']}
+    head = {
+      HEAD + 'ln_mlp.weight': tc['norm']['scale'],
+      HEAD + 'ln_mlp.bias': tc['norm']['bias'],
+      HEAD + 'text_projection.weight': np.asarray(tc['head']['kernel']).T,
+      HEAD + 'text_projection.bias': tc['head']['bias'],
+    }
   if not copy:
     return sd, head
   as_np = lambda d: {k: np.array(v, np.float32, order='C') for k, v in d.items()}  # keeps 0-d
@@ -239,13 +311,27 @@ def open_clip_config(cfg: ModelConfig, logit_bias: float | None = None) -> dict:
   token classifier is described beside it (`token_classifier_config`). A SigLIP model needs
   `init_logit_bias` for `CLIP` to hold the `logit_bias` its weights carry.
   """
-  out = {'embed_dim': cfg.embed_dim, 'quick_gelu': cfg.quick_gelu,
-         'vision_cfg': {'image_size': cfg.image_size, 'layers': cfg.image.depth, 'width': cfg.image.width,
-                        'head_width': cfg.image.width // cfg.image.heads, 'mlp_ratio': cfg.image.mlp_ratio,
-                        'patch_size': cfg.image.patch_size}}
+  out = {
+    'embed_dim': cfg.embed_dim,
+    'quick_gelu': cfg.quick_gelu,
+    'vision_cfg': {
+      'image_size': cfg.image_size,
+      'layers': cfg.image.depth,
+      'width': cfg.image.width,
+      'head_width': cfg.image.width // cfg.image.heads,
+      'mlp_ratio': cfg.image.mlp_ratio,
+      'patch_size': cfg.image.patch_size,
+    },
+  }
   if cfg.text is not None:
-    out['text_cfg'] = {'context_length': cfg.context_length, 'vocab_size': cfg.vocab_size, 'width': cfg.text.width,
-                       'heads': cfg.text.heads, 'layers': cfg.text.depth, 'mlp_ratio': cfg.text.mlp_ratio}
+    out['text_cfg'] = {
+      'context_length': cfg.context_length,
+      'vocab_size': cfg.vocab_size,
+      'width': cfg.text.width,
+      'heads': cfg.text.heads,
+      'layers': cfg.text.depth,
+      'mlp_ratio': cfg.text.mlp_ratio,
+    }
   if logit_bias is not None:
     out['init_logit_bias'] = float(logit_bias)
   return out
@@ -253,6 +339,11 @@ def open_clip_config(cfg: ModelConfig, logit_bias: float | None = None) -> dict:
 
 def token_classifier_config(cfg: ModelConfig, file: str) -> dict:
   """How to apply the token classifier kept in `file` (the authors' MixClsHead with layers=0)."""
-  return {'file': file, 'vocab_size': cfg.vocab_size, 'width': cfg.image.width, 'layers': 0,
-          'input': 'mean of the image tower\'s patch tokens after ln_post (class token excluded)',
-          'tensors': {'norm': HEAD + 'ln_mlp', 'linear': HEAD + 'text_projection'}}
+  return {
+    'file': file,
+    'vocab_size': cfg.vocab_size,
+    'width': cfg.image.width,
+    'layers': 0,
+    'input': "mean of the image tower's patch tokens after ln_post (class token excluded)",
+    'tensors': {'norm': HEAD + 'ln_mlp', 'linear': HEAD + 'text_projection'},
+  }

@@ -20,6 +20,7 @@ HF_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
 
 def _to_numpy(t) -> np.ndarray:
   import torch
+
   if t.dtype in (torch.bfloat16, torch.float16, torch.float64):
     t = t.float()
   return t.detach().cpu().numpy()
@@ -33,6 +34,7 @@ def _check_safetensors_header(path: str) -> None:
   """
   import os
   import struct
+
   if '://' in path:  # a URL: safetensors itself reads it
     return
   size = os.path.getsize(path)
@@ -47,10 +49,12 @@ def _check_safetensors_header(path: str) -> None:
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   import importlib.util
+
   _check_safetensors_header(path)
   # Framework 'pt' reads bfloat16, which numpy cannot hold; without torch, numpy reads the rest.
   framework = 'pt' if importlib.util.find_spec('torch') else 'numpy'
   from safetensors import safe_open
+
   out = {}
   try:
     with safe_open(path, framework=framework) as f:
@@ -71,10 +75,12 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # a pickle with code in it, or not a checkpoint at all
     if 'TorchScript' in str(e):
-      raise UserError(f'{path} is a TorchScript archive (as OpenAI released CLIP), which loading would run: '
-                      'save its state dict once where you trust it, torch.save(torch.jit.load(PATH, '
-                      "map_location='cpu').state_dict(), 'model.bin'), or convert the same weights from the HF "
-                      'hub (--from hf) or OpenCLIP (.safetensors)') from None
+      raise UserError(
+        f'{path} is a TorchScript archive (as OpenAI released CLIP), which loading would run: '
+        'save its state dict once where you trust it, torch.save(torch.jit.load(PATH, '
+        "map_location='cpu').state_dict(), 'model.bin'), or convert the same weights from the HF "
+        'hub (--from hf) or OpenCLIP (.safetensors)'
+      ) from None
     raise UserError(f'{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})') from None
   # OpenCLIP training checkpoints wrap the weights: {'epoch', 'state_dict': {'module.x': ...}}.
   for key in ('state_dict', 'model', 'module'):
@@ -91,7 +97,7 @@ def read_file(path: str) -> dict[str, np.ndarray]:
     raise UserError(f'{path}: no such file')
   sd = _read_safetensors(path) if path.endswith('.safetensors') else _read_torch(path)
   if sd and all(k.startswith('module.') for k in sd):
-    sd = {k[len('module.'):]: v for k, v in sd.items()}
+    sd = {k[len('module.') :]: v for k, v in sd.items()}
   return sd
 
 
@@ -120,6 +126,7 @@ def read_hf_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> str:
   """Write contiguous numpy arrays as safetensors (readable by torch, transformers, open_clip)."""
   from safetensors.numpy import save_file
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   save_file({k: np.array(v, order='C') for k, v in tensors.items()}, path, metadata=metadata)  # 0-d stays 0-d
   return path
@@ -128,6 +135,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
 def write_torch(path: str, tensors: dict[str, np.ndarray]) -> str:
   """Write a torch pickle (.bin / .pt) of the tensors."""
   import torch
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   torch.save({k: torch.from_numpy(np.array(v, order='C')) for k, v in tensors.items()}, path)
   return path

@@ -121,8 +121,9 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool, impl
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
   q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
   lengths = jnp.full((q.shape[0],), t, jnp.int32)
-  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
-                                     key_value_seq_lengths=lengths, implementation=implementation)
+  out = jax.nn.dot_product_attention(
+    q, k, v, is_causal=causal, query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation=implementation
+  )
   return out[:, :t]
 
 
@@ -140,18 +141,17 @@ def attention_implementation(requested: str, platform: str, compute_dtype, head_
     raise ValueError(f'attention implementation {requested!r}: use one of {ATTENTION_IMPLEMENTATIONS}')
   if requested != 'auto':
     return requested
-  fits = jnp.dtype(compute_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 \
-      and head_dim <= 128
+  fits = jnp.dtype(compute_dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 and head_dim <= 128
   return 'cudnn' if platform == 'gpu' and fits else 'xla'
 
 
 _REMAT_POLICIES = {
-    'full': None,  # save nothing but the block input; recompute the block in backward
-    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    # Every matmul output kept (attention's too); LayerNorm, GELU, softmax and the residual
-    # adds recomputed from them in the backward. Same FLOPs to a rounding error and less
-    # to store and reload than 'none': 0.86x the step time of 'none' at 224 px on CPU.
-    'elementwise': jax.checkpoint_policies.dots_saveable,
+  'full': None,  # save nothing but the block input; recompute the block in backward
+  'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  # Every matmul output kept (attention's too); LayerNorm, GELU, softmax and the residual
+  # adds recomputed from them in the backward. Same FLOPs to a rounding error and less
+  # to store and reload than 'none': 0.86x the step time of 'none' at 224 px on CPU.
+  'elementwise': jax.checkpoint_policies.dots_saveable,
 }
 # What remat='auto' means per backend (platform_defaults.py says why).
 DEFAULT_REMAT = {'cpu': 'elementwise', 'gpu': 'dots', 'tpu': 'dots'}
@@ -165,22 +165,32 @@ def remat_setting(requested: str, platform: str) -> str:
 class Transformer(nnx.Module):
   """`depth` pre-LN residual blocks (attention, MLP) as in OpenAI CLIP, scanned over layers."""
 
-  def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, *, causal: bool,
-               quick_gelu: bool, compute_dtype, remat: str, rngs: nnx.Rngs, scan: bool = True,
-               attention: str = 'auto'):
+  def __init__(
+    self,
+    width: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    *,
+    causal: bool,
+    quick_gelu: bool,
+    compute_dtype,
+    remat: str,
+    rngs: nnx.Rngs,
+    scan: bool = True,
+    attention: str = 'auto',
+  ):
     if width % heads:
       raise ValueError(f'width {width} is not divisible by heads {heads}')
     head_dim = width // heads
     hidden = int(width * mlp_ratio)
     # OpenAI CLIP's initialisation (also OpenCLIP's text tower).
-    attn_std = width ** -0.5
-    proj_std = width ** -0.5 * (2 * depth) ** -0.5
+    attn_std = width**-0.5
+    proj_std = width**-0.5 * (2 * depth) ** -0.5
     fc_std = (2 * width) ** -0.5
     self.ln_1 = LayerNorm(width, depth)
-    self.attn_in = Dense((width,), (3, heads, head_dim), ('embed',), (None, 'heads', 'kv'),
-                         attn_std, rngs=rngs, depth=depth)
-    self.attn_out = Dense((heads, head_dim), (width,), ('heads', 'kv'), ('embed',),
-                          proj_std, rngs=rngs, depth=depth)
+    self.attn_in = Dense((width,), (3, heads, head_dim), ('embed',), (None, 'heads', 'kv'), attn_std, rngs=rngs, depth=depth)
+    self.attn_out = Dense((heads, head_dim), (width,), ('heads', 'kv'), ('embed',), proj_std, rngs=rngs, depth=depth)
     self.ln_2 = LayerNorm(width, depth)
     self.mlp_fc = Dense((width,), (hidden,), ('embed',), ('mlp',), fc_std, rngs=rngs, depth=depth)
     self.mlp_proj = Dense((hidden,), (width,), ('mlp',), ('embed',), proj_std, rngs=rngs, depth=depth)

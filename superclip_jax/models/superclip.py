@@ -20,6 +20,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything that fixes the parameter shapes and the forward pass (saved with exports)."""
+
   variant: str = 'superclip'
   image: presets.TowerSize = presets.IMAGE_TOWERS['B/16']
   text: presets.TowerSize | None = presets.TEXT_TOWERS['B']
@@ -47,14 +48,24 @@ class ModelConfig:
     if m.variant != 'superclass':
       text = presets.text_tower_size(m.text, m.text_width, m.text_depth, m.text_heads)
     return cls(
-        variant=m.variant, image=image, text=text, embed_dim=m.embed_dim,
-        image_size=m.image_size, vocab_size=m.vocab_size, context_length=m.context_length,
-        eot_id=config.tokenizer.eot_id, quick_gelu=m.quick_gelu, compute_dtype=m.compute_dtype,
-        remat=m.remat, attention=m.attention, scan_layers=m.scan_layers,
-        contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
-        logit_scale_init=config.loss.logit_scale_init,
-        sigmoid_scale_init=config.loss.sigmoid_scale_init,
-        sigmoid_bias_init=config.loss.sigmoid_bias_init)
+      variant=m.variant,
+      image=image,
+      text=text,
+      embed_dim=m.embed_dim,
+      image_size=m.image_size,
+      vocab_size=m.vocab_size,
+      context_length=m.context_length,
+      eot_id=config.tokenizer.eot_id,
+      quick_gelu=m.quick_gelu,
+      compute_dtype=m.compute_dtype,
+      remat=m.remat,
+      attention=m.attention,
+      scan_layers=m.scan_layers,
+      contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
+      logit_scale_init=config.loss.logit_scale_init,
+      sigmoid_scale_init=config.loss.sigmoid_scale_init,
+      sigmoid_bias_init=config.loss.sigmoid_bias_init,
+    )
 
   def for_inference(self) -> 'ModelConfig':
     """The same model without the token classifier (used in training only); SuperClass keeps it."""
@@ -80,7 +91,7 @@ class TokenClassifier(nnx.Module):
     self.norm = layers.LayerNorm(width)
     # docs/method.md: weight N(0, width^-0.5), bias 0 (std width^-0.5, i.e. variance 1/width).
     # Own logical axes, so the mesh rules can split the head apart from the towers (config.mesh.rules).
-    self.head = layers.Dense((width,), (vocab_size,), ('classifier_embed',), ('vocab',), width ** -0.5, rngs=rngs)
+    self.head = layers.Dense((width,), (vocab_size,), ('classifier_embed',), ('vocab',), width**-0.5, rngs=rngs)
     self.compute_dtype = compute_dtype
 
   def pool(self, tokens: jax.Array) -> jax.Array:
@@ -101,21 +112,20 @@ class SuperCLIP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dt = _DTYPES[cfg.compute_dtype]
-    common = dict(quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs,
-                  attention=cfg.attention)
-    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.variant != 'superclass' else 0,
-                                  **common)
+    common = dict(
+      quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs, attention=cfg.attention
+    )
+    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.variant != 'superclass' else 0, **common)
     # A missing part is None (a static attribute); present parts are assigned once.
     self.text_tower = (
-        TextTower(cfg.text, cfg.vocab_size, cfg.context_length, cfg.embed_dim, cfg.eot_id, **common)
-        if cfg.variant != 'superclass' else None)
-    self.token_classifier = (
-        TokenClassifier(cfg.image.width, cfg.vocab_size, dt, rngs=rngs)
-        if cfg.variant != 'clip' else None)
+      TextTower(cfg.text, cfg.vocab_size, cfg.context_length, cfg.embed_dim, cfg.eot_id, **common)
+      if cfg.variant != 'superclass'
+      else None
+    )
+    self.token_classifier = TokenClassifier(cfg.image.width, cfg.vocab_size, dt, rngs=rngs) if cfg.variant != 'clip' else None
     scale_init = {'softmax': cfg.logit_scale_init, 'sigmoid': cfg.sigmoid_scale_init}.get(cfg.contrastive)
     self.logit_scale = layers.constant_param(scale_init, (), ()) if scale_init is not None else None
-    self.logit_bias = (layers.constant_param(cfg.sigmoid_bias_init, (), ())
-                       if cfg.contrastive == 'sigmoid' else None)
+    self.logit_bias = layers.constant_param(cfg.sigmoid_bias_init, (), ()) if cfg.contrastive == 'sigmoid' else None
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     """Images (uint8 pixels or normalised floats) -> L2-normalised float32 embeddings."""
@@ -173,8 +183,7 @@ class ModelDef:
 
   def logical_axes(self) -> dict:
     """Pure dict of each parameter's logical axis names (a tuple per leaf)."""
-    leaves = jax.tree_util.tree_leaves_with_path(
-        self.abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    leaves = jax.tree_util.tree_leaves_with_path(self.abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     flat = {}
     for path, var in leaves:
       axes = var.get_metadata().get('axes')

@@ -13,9 +13,21 @@ from superclip_jax.models.presets import TowerSize
 class TextTower(nnx.Module):
   """Token + position embeddings, causal blocks, ln_final, EOT hidden state times text_projection."""
 
-  def __init__(self, size: TowerSize, vocab_size: int, context_length: int, embed_dim: int,
-               eot_id: int, *, quick_gelu: bool, compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs,
-               attention: str = 'auto'):
+  def __init__(
+    self,
+    size: TowerSize,
+    vocab_size: int,
+    context_length: int,
+    embed_dim: int,
+    eot_id: int,
+    *,
+    quick_gelu: bool,
+    compute_dtype,
+    remat: str,
+    scan: bool,
+    rngs: nnx.Rngs,
+    attention: str = 'auto',
+  ):
     w = size.width
     self.eot_id = eot_id
     self.context_length = context_length
@@ -25,10 +37,20 @@ class TextTower(nnx.Module):
     self.token_embedding = layers.normal_param(rngs, (vocab_size, w), 0.02, ('vocab_lookup', 'embed'))
     self.positional_embedding = layers.normal_param(rngs, (context_length, w), 0.01, (None, 'embed'))
     self.transformer = layers.Transformer(
-        w, size.depth, size.heads, size.mlp_ratio, causal=True, quick_gelu=quick_gelu,
-        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs, attention=attention)
+      w,
+      size.depth,
+      size.heads,
+      size.mlp_ratio,
+      causal=True,
+      quick_gelu=quick_gelu,
+      compute_dtype=compute_dtype,
+      remat=remat,
+      scan=scan,
+      rngs=rngs,
+      attention=attention,
+    )
     self.ln_final = layers.LayerNorm(w)
-    self.text_projection = layers.normal_param(rngs, (w, embed_dim), w ** -0.5, ('embed', None))
+    self.text_projection = layers.normal_param(rngs, (w, embed_dim), w**-0.5, ('embed', None))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Token ids (B, T <= context) -> unnormalised text embedding (B, embed_dim)."""

@@ -32,9 +32,19 @@ def normalize_images(images: jax.Array) -> jax.Array:
 class ImageTower(nnx.Module):
   """Patch embedding (conv without bias), CLS, position embeddings, ln_pre, blocks, ln_post, proj."""
 
-  def __init__(self, size: TowerSize, image_size: int, embed_dim: int, *, quick_gelu: bool,
-               compute_dtype, remat: str, scan: bool, rngs: nnx.Rngs,
-               attention: str = 'auto'):
+  def __init__(
+    self,
+    size: TowerSize,
+    image_size: int,
+    embed_dim: int,
+    *,
+    quick_gelu: bool,
+    compute_dtype,
+    remat: str,
+    scan: bool,
+    rngs: nnx.Rngs,
+    attention: str = 'auto',
+  ):
     p, w = size.patch_size, size.width
     if image_size % p:
       raise ValueError(f'image_size {image_size} is not divisible by patch size {p}')
@@ -42,15 +52,25 @@ class ImageTower(nnx.Module):
     self.grid = image_size // p
     self.width = w
     self.compute_dtype = compute_dtype
-    scale = w ** -0.5
+    scale = w**-0.5
     # Conv weight as (p, p, 3, width): the conv over non-overlapping patches is one matmul.
     self.conv1 = layers.normal_param(rngs, (p, p, 3, w), (3 * p * p) ** -0.5, (None, None, None, 'embed'))
     self.class_embedding = layers.normal_param(rngs, (w,), scale, ('embed',))
-    self.positional_embedding = layers.normal_param(rngs, (self.grid ** 2 + 1, w), scale, (None, 'embed'))
+    self.positional_embedding = layers.normal_param(rngs, (self.grid**2 + 1, w), scale, (None, 'embed'))
     self.ln_pre = layers.LayerNorm(w)
     self.transformer = layers.Transformer(
-        w, size.depth, size.heads, size.mlp_ratio, causal=False, quick_gelu=quick_gelu,
-        compute_dtype=compute_dtype, remat=remat, scan=scan, rngs=rngs, attention=attention)
+      w,
+      size.depth,
+      size.heads,
+      size.mlp_ratio,
+      causal=False,
+      quick_gelu=quick_gelu,
+      compute_dtype=compute_dtype,
+      remat=remat,
+      scan=scan,
+      rngs=rngs,
+      attention=attention,
+    )
     self.ln_post = layers.LayerNorm(w)
     # SuperClass (no text tower) has no contrastive embedding, so no projection to train.
     self.proj = layers.normal_param(rngs, (w, embed_dim), scale, ('embed', None)) if embed_dim else None

@@ -109,7 +109,6 @@ def jax_config(args, s: dict):
   m.quick_gelu, m.compute_dtype = True, 'float32'  # remat: the default (on CPU 'elementwise', the fastest here)
   c.tokenizer.sot_id, c.tokenizer.eot_id, c.tokenizer.pad_id = s['vocab'] - 2, s['vocab'] - 1, 0
   c.loss.idf = 'none'
-  c.loss.cls_weight = 0.0 if args.no_head else 1.0
   c.data.global_batch_size = args.batch
   c.mesh.shape = (1, 1, 1)
   c.optim.warmup_steps = 1
@@ -245,10 +244,10 @@ def _jax_side(args, s):
   """(step, {'loss': first loss, 'params': count, 'compile_s': compile seconds, 'batch': the batch as numpy})."""
   import numpy as np
 
-  from superclip_jax import allocator, bench
+  from superclip_jax import allocator, bench_step
   from superclip_jax.models.superclip import count_params
 
-  jax_step = bench.Step(jax_config(args, s))
+  jax_step = bench_step.Step(jax_config(args, s))
   batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}  # the very batch the JAX step sees
   # Step ran the JAX step once; its loss is the first-step loss.
   return jax_step, {

@@ -12,8 +12,4 @@ from superclip_jax import config_defaults
 
 
 def get_config(arg: str = ''):
-  c = config_defaults.sibling_config(__file__, 'superclip_b16.py', arg)
-  c.model.variant = 'clip'
-  c.loss.cls_weight = 0.0
-  c.loss.idf = 'none'
-  return c
+  return config_defaults.clip_baseline(config_defaults.sibling_config(__file__, 'superclip_b16.py', arg))

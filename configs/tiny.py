@@ -4,7 +4,7 @@ r"""A small SuperCLIP that trains on a laptop CPU in about a minute (synthetic d
 
 Expected: contrastive loss falls from ln(64) = 4.16 to below 1.5 and the IDF-weighted
 classification loss well below its start within 300 steps (see README for measured
-figures). Overrides: --config.loss.cls_weight=0 (plain CLIP), --config.loss.contrastive=sigmoid.
+figures). Overrides: --config.model.variant=clip (plain CLIP), --config.loss.contrastive=sigmoid.
 """
 
 from superclip_jax import config_defaults

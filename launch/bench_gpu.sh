@@ -3,7 +3,7 @@
 #
 #   launch/bench_gpu.sh OUT_DIR [CONFIG] [--config.key=value ...]
 #
-# Runs `python -m superclip_jax.bench` once per batch size (SuperCLIP interleaved with the
+# Runs `python -m superclip_jax.bench_step` once per batch size (SuperCLIP interleaved with the
 # same step without the token classifier), keeps each run's log in OUT_DIR/bench_bB.log and
 # its JSON report in OUT_DIR/bench_bB.json, then prints one summary line per batch.
 # CONFIG defaults to configs/superclip_b16.py (no data needed: the batch is synthetic).
@@ -59,7 +59,7 @@ fi
 for batch in "${batches[@]}"; do
   log="$out/bench_b$batch.log"
   echo "bench_gpu.sh: batch $batch -> $log" >&2
-  "$python" -m superclip_jax.bench --config "$config" --batch "$batch" --image_size "${IMAGE_SIZE:-224}" \
+  "$python" -m superclip_jax.bench_step --config "$config" --batch "$batch" --image_size "${IMAGE_SIZE:-224}" \
     --steps "${STEPS:-20}" "${step_args[@]}" "$@" 2>&1 | tee "$log"
   # The benchmark's last line is its JSON report.
   tail -n 1 "$log" >"$out/bench_b$batch.json"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import difflib
 import logging
 import os
 import sys
@@ -118,9 +117,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str
   valid = config_defaults.flat_keys(config)
   for key, text in overrides:
     if key not in valid:
-      close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-      hint = f"; did you mean '{close[0]}'?" if close else ''
-      raise UserError(f"unknown config key '{key}' (--config.{key}){hint}")
+      raise UserError(config_defaults.unknown_key_message(key, valid, f'--config.{key}'))
     *parents, leaf = key.split('.')
     node = config
     for p in parents:

@@ -9,13 +9,14 @@ docs/config.md.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 
 import ml_collections
 
 from superclip_jax.errors import UserError
-from superclip_jax.models import presets
+from superclip_jax.models import presets, variants
 
 # CLIP BPE: 49,406 = <start_of_text>, 49,407 = <end_of_text>, pad = 0 (docs/method.md).
 CLIP_VOCAB_SIZE = 49408
@@ -30,7 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # seeds parameter init, data order and augmentation
 
   c.model = ml_collections.ConfigDict()
-  c.model.variant = 'superclip'  # 'superclip' | 'clip' (no token classifier) | 'superclass' (no text tower)
+  # 'superclip' | 'clip' (no token classifier) | 'superclass' (no text tower): the parts it has
+  # (models/variants.py) decide which loss keys are read; `clip_baseline(config)` makes a CLIP run of any config.
+  c.model.variant = 'superclip'
   c.model.image = 'B/16'  # image tower preset (models/presets.py): mu/8, tiny/8, S/16, B/32, B/16, L/16, L/14, H/14
   c.model.text = 'B'  # text tower preset: mu, tiny, S, B, L, H
   c.model.embed_dim = 512  # width of the shared image-text embedding
@@ -61,9 +64,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.tokenizer.pad_id = CLIP_PAD_ID  # padding id after EOT
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.contrastive = 'softmax'  # 'softmax' (CLIP) | 'sigmoid' (SigLIP) | 'none' (SuperClass)
-  c.loss.cls_weight = 1.0  # lambda, the token classification loss's weight; 0 gives plain CLIP
-  c.loss.idf = 'online'  # token weights: 'online' (counted from the batches seen) | 'offline' (dataset counts) | 'none'
+  c.loss.contrastive = 'softmax'  # 'softmax' (CLIP) | 'sigmoid' (SigLIP); not read without a text tower (superclass)
+  # lambda, the token classification loss's weight; read only by variants with the token head.
+  c.loss.token_weight = 1.0
+  # Token weights, with the token head: 'online' (counted from the batches seen) | 'offline' (dataset counts) | 'none'.
+  c.loss.idf = 'online'
   c.loss.idf_offline_stats = ''  # .npz with doc_freq (V,) and num_samples for idf='offline' (default: the shards')
   c.loss.mask_special_tokens = True  # exclude SOT/EOT/padding from targets; False reproduces the reference code
   c.loss.chunked = False  # ring contrastive loss (shard_map, ppermute): O(local^2) memory per device, not O(local*B)
@@ -159,6 +164,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def clip_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same run as plain CLIP: no token classifier, so no token loss and no IDF counts (the paper's baseline)."""
+  baseline = copy.deepcopy(config)  # the caller's config is left as it was
+  baseline.model.variant = 'clip'
+  if baseline.loss.contrastive == 'none':  # from SuperClass, which has none; CLIP needs one
+    baseline.loss.contrastive = 'softmax'
+  return baseline
+
+
 def resolved_total_steps(config: ml_collections.ConfigDict) -> int:
   """Number of optimiser steps: explicit, or samples seen / global batch size."""
   if config.total_steps:
@@ -173,7 +187,7 @@ _ZERO_MEANS = {
 }
 
 _CHOICES = {
-  'model.variant': ('superclip', 'clip', 'superclass'),
+  'model.variant': tuple(variants.VARIANTS),
   'model.compute_dtype': ('float32', 'bfloat16'),
   'model.remat': ('auto', 'none', 'full', 'dots', 'elementwise'),
   'model.attention': ('auto', 'xla', 'cudnn'),
@@ -198,6 +212,19 @@ def flat_keys(cfg, prefix='') -> dict:
   return keys
 
 
+RENAMED_KEYS = {'loss.cls_weight': 'loss.token_weight'}  # old name -> new, named in the error
+
+
+def unknown_key_message(key: str, valid, flag: str = '') -> str:
+  """'unknown config key ...' with the new name of a renamed key, or the closest valid one."""
+  where = f' ({flag})' if flag else ''
+  if key in RENAMED_KEYS:
+    return f"config key '{key}'{where} was renamed '{RENAMED_KEYS[key]}'"
+  close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+  hint = f"; did you mean '{close[0]}'?" if close else ''
+  return f"unknown config key '{key}'{where}{hint}"
+
+
 def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
   """Raise UserError for an unknown key (naming the closest valid one) or a bad value.
 
@@ -211,26 +238,19 @@ def validate(config: ml_collections.ConfigDict, training: bool = True) -> None:
     if key.startswith('evals.'):
       continue
     if key not in valid:
-      close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-      hint = f"; did you mean '{close[0]}'?" if close else ''
-      raise UserError(f"unknown config key '{key}'{hint}")
+      raise UserError(unknown_key_message(key, valid))
   for key, choices in _CHOICES.items():
     if given[key] not in choices:
       raise UserError(f'config.{key}={given[key]!r} is not one of {choices}')
   if config.model.image not in presets.IMAGE_TOWERS:
     raise UserError(f'config.model.image={config.model.image!r} is not one of {sorted(presets.IMAGE_TOWERS)}')
-  if config.model.variant == 'superclass':
-    if config.loss.cls_weight <= 0:
-      raise UserError("model.variant='superclass' trains only the classifier: loss.cls_weight must be > 0")
-    if config.loss.contrastive != 'none':
-      raise UserError("model.variant='superclass' has no text tower: set loss.contrastive='none'")
-  else:
+  if variants.has_text_tower(config.model.variant):
     if config.model.text not in presets.TEXT_TOWERS:
       raise UserError(f'config.model.text={config.model.text!r} is not one of {sorted(presets.TEXT_TOWERS)}')
     if config.loss.contrastive == 'none':
-      raise UserError(f'model.variant={config.model.variant!r} needs a contrastive loss')
-  if config.model.variant == 'clip' and config.loss.cls_weight != 0:
-    raise UserError("model.variant='clip' has no token classifier: set loss.cls_weight=0")
+      raise UserError(f"model.variant={config.model.variant!r} needs a contrastive loss ('softmax' or 'sigmoid')")
+  elif config.loss.token_weight <= 0:
+    raise UserError(f'model.variant={config.model.variant!r} trains only the token classifier: loss.token_weight must be > 0')
   if config.loss.idf == 'offline' and not config.loss.idf_offline_stats and config.data.kind != 'shards':
     raise UserError("loss.idf='offline' needs loss.idf_offline_stats (an .npz path) or shards")
   if training and config.data.kind == 'shards' and not config.data.shards:

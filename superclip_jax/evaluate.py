@@ -48,7 +48,7 @@ def evaluate(config, workdir: str | None = None, model_dir: str | None = None, s
   )
   # A checkpoint holds the token classifier too; it plays no part in evaluation.
   loaded, taken = init_from.restore_params(
-    source, target, step=step, ignore=('token_classifier.',) if model_def.cfg.variant == 'clip' else ()
+    source, target, step=step, ignore=('token_classifier.',) if not model_def.cfg.has_token_head else ()
   )
   missing = set(checkpoint.flat_names(target)) - set(taken)
   if missing:

@@ -113,7 +113,7 @@ def analytic_forward_flops(cfg) -> dict[str, float]:
   if cfg.text is not None:
     t = cfg.text
     text = _tower_forward(t.width, t.depth, cfg.context_length, t.mlp_ratio) + 2 * t.width * cfg.embed_dim
-  head = 2 * im.width * cfg.vocab_size if cfg.variant != 'clip' else 0.0
+  head = 2 * im.width * cfg.vocab_size if cfg.has_token_head else 0.0
   return {'image': float(image), 'text': float(text), 'head': float(head)}
 
 

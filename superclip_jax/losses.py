@@ -126,8 +126,8 @@ class LossTerm:
   step, the metrics, the console line and the accumulation all read this table.
   """
 
-  name: str  # its metric key, e.g. 'cls_loss'
-  weight_key: str | None  # the config key of its weight ('loss.cls_weight'); None: weight 1
+  name: str  # its metric key, e.g. 'token_loss'
+  weight_key: str | None  # the config key of its weight ('loss.token_weight'); None: weight 1
   applies: Callable[[Any], bool]  # given the ModelConfig: is the term part of this model's loss?
   # Exactly one of the two: a loss over the whole global batch (it needs every pair, as the
   # contrastive loss does), or a loss per example whose batch mean is the term.
@@ -137,7 +137,7 @@ class LossTerm:
 
 LOSS_TERMS = (
   LossTerm('contrastive_loss', None, lambda cfg: cfg.contrastive != 'none', batch_fn=contrastive_loss),
-  LossTerm('cls_loss', 'loss.cls_weight', lambda cfg: cfg.variant != 'clip', per_example_fn=token_classification_per_example),
+  LossTerm('token_loss', 'loss.token_weight', lambda cfg: cfg.has_token_head, per_example_fn=token_classification_per_example),
 )
 
 

@@ -16,7 +16,7 @@ from superclip_jax import losses
 
 def train_metrics_collection(averaged: tuple[str, ...], last: tuple[str, ...]) -> type[clu_metrics.Collection]:
   """A clu Collection: `averaged` keys are means over the steps between two log lines,
-  `last` keys the latest step's value. Built per run, since CLIP has no cls_loss and
+  `last` keys the latest step's value. Built per run, since CLIP has no token_loss and
   SuperClass no contrastive_loss."""
   fields = {k: clu_metrics.Average.from_output(k) for k in averaged}
   fields.update({k: clu_metrics.LastValue.from_output(k) for k in last})

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from superclip_jax import idf, sharding
 from superclip_jax.errors import UserError
+from superclip_jax.models import variants
 from superclip_jax.models.superclip import ModelDef
 
 
@@ -39,7 +40,7 @@ def initial_idf_counts(
   offline_stats: the .npz of document frequencies (default config.loss.idf_offline_stats).
   shapes_only: zeros for offline IDF too (the same shapes), to compile or time the step without the file.
   """
-  if variant == 'clip' or config.loss.idf == 'none':
+  if not variants.has_token_head(variant) or config.loss.idf == 'none':
     return {}
   if config.loss.idf == 'offline' and not shapes_only:
     path = offline_stats or config.loss.idf_offline_stats

@@ -32,7 +32,7 @@ EMBEDDINGS = ('image_embedding', 'text_embedding')
 
 def _token_targets(config: ml_collections.ConfigDict, cfg, state: TrainState, batch: dict):
   """(targets for the classifier, updated IDF counts): token bags and weights from the global batch."""
-  if cfg.variant == 'clip':
+  if not cfg.has_token_head:
     return {}, state.idf_counts
   tok = config.tokenizer
   # The long caption (the paper's "Dual" setting) feeds only the classifier when present.

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from superclip_jax import allocator, bench
+from superclip_jax import allocator, bench_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = (
@@ -29,7 +29,7 @@ KEYS = (
   'compile_s',
   'allocator',
 )
-# What `python -m superclip_jax.bench` runs its CPU step on (the cmeel-mimalloc wheel is a Linux dependency).
+# What `python -m superclip_jax.bench_step` runs its CPU step on (the cmeel-mimalloc wheel is a Linux dependency).
 EXPECTED_MALLOC = 'mimalloc' if sys.platform.startswith('linux') and allocator.mimalloc_path() else 'system'
 
 
@@ -40,12 +40,12 @@ def _env():
 
 def test_interleaved_times_alternate_the_functions():
   calls = []
-  times = bench.interleaved_times({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, 3, warmup=1)
+  times = bench_step.interleaved_times({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, 3, warmup=1)
   assert calls == ['a', 'b'] * 4 and len(times['a']) == len(times['b']) == 3
 
 
 def test_peak_matmul_repeats_to_fill_its_turn_and_counts_its_flops():
-  peak = bench.PeakMatmul(size=64, seconds=0.2)  # a 64^3 matmul takes microseconds, even on a loaded machine
+  peak = bench_step.PeakMatmul(size=64, seconds=0.2)  # a 64^3 matmul takes microseconds, even on a loaded machine
   assert peak.repeats > 1 and peak.flops_per_call == 2.0 * 64**3 * peak.repeats
   # The faster of the BLAS libraries here: NumPy's, or PyTorch's where the interop extra put it.
   assert peak.library in (('numpy', 'torch') if importlib.util.find_spec('torch') else ('numpy',))
@@ -58,7 +58,7 @@ def test_peak_matmul_repeats_to_fill_its_turn_and_counts_its_flops():
 
 def test_random_ids_are_captions_of_ordinary_tokens():
   tok = type('Tok', (), {'sot_id': 49406, 'eot_id': 49407, 'pad_id': 0})
-  ids = bench.random_ids(np.random.default_rng(0), 4, 12, 49408, tok)
+  ids = bench_step.random_ids(np.random.default_rng(0), 4, 12, 49408, tok)
   assert ids.shape == (4, 12) and (ids[:, 0] == 49406).all() and ((ids == 49407).sum(1) == 1).all()
 
 
@@ -67,7 +67,7 @@ def test_bench_on_tiny_prints_every_figure_as_json():
     [
       sys.executable,
       '-m',
-      'superclip_jax.bench',
+      'superclip_jax.bench_step',
       '--config',
       'configs/tiny.py',
       '--steps',
@@ -115,7 +115,7 @@ def test_bench_times_a_recipe_config_without_its_data():
     [
       sys.executable,
       '-m',
-      'superclip_jax.bench',
+      'superclip_jax.bench_step',
       '--config',
       'configs/superclip_b16.py',
       '--steps',
@@ -144,14 +144,14 @@ def test_bench_times_a_recipe_config_without_its_data():
 
 def test_bench_reports_a_bad_override_in_one_line():
   proc = subprocess.run(
-    [sys.executable, '-m', 'superclip_jax.bench', '--config', 'configs/tiny.py', '--config.model.imag_size=64'],
+    [sys.executable, '-m', 'superclip_jax.bench_step', '--config', 'configs/tiny.py', '--config.model.imag_size=64'],
     cwd=ROOT,
     env=_env(),
     capture_output=True,
     text=True,
     timeout=300,
   )
-  assert proc.returncode == 2 and 'superclip_jax.bench: error:' in proc.stderr and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2 and 'superclip_jax.bench_step: error:' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 @pytest.mark.skipif(
@@ -231,7 +231,7 @@ def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):
 
 def test_input_pipeline_bench_compares_with_the_openclip_style_pil_transform():
   proc = subprocess.run(
-    [sys.executable, '-m', 'superclip_jax.data.bench', '--synthesize', '16', '--seconds', '0.2'],
+    [sys.executable, '-m', 'superclip_jax.data.bench_input', '--synthesize', '16', '--seconds', '0.2'],
     cwd=ROOT,
     env=_env(),
     capture_output=True,
@@ -252,11 +252,11 @@ def test_input_pipeline_bench_compares_with_the_openclip_style_pil_transform():
 
 
 def test_openclip_style_transform_is_a_normalised_chw_crop():
-  from superclip_jax.data import bench as data_bench
+  from superclip_jax.data import bench_input
   from superclip_jax.models.vit import CLIP_MEAN, CLIP_STD
 
   image = np.full((256, 300, 3), 128, np.uint8)
   jpeg = __import__('simplejpeg').encode_jpeg(image, quality=100)
-  out = data_bench.openclip_style(jpeg, 224, np.random.default_rng(0))
+  out = bench_input.openclip_style(jpeg, 224, np.random.default_rng(0))
   assert out.shape == (3, 224, 224) and out.dtype == np.float32
   np.testing.assert_allclose(out[:, 100, 100], (128 / 255 - CLIP_MEAN) / CLIP_STD, atol=0.02)

@@ -58,7 +58,7 @@ CASES = [
     ['superclip_jax.data.tokenizer', 'train', '--captions', '{tmp}/none.txt', '--vocab-size', '300', '--out', '{tmp}/t'],
     'none.txt: no such file',
   ),
-  (['superclip_jax.data.bench', '--shards', '{tmp}/nothing'], 'nothing/manifest.json: no manifest'),
+  (['superclip_jax.data.bench_input', '--shards', '{tmp}/nothing'], 'nothing/manifest.json: no manifest'),
 ]
 
 
@@ -77,7 +77,7 @@ def test_one_line_error_and_nonzero_status(tmp_path, command, message):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize('module', ['superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench'])
+@pytest.mark.parametrize('module', ['superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench_step'])
 def test_help_lists_the_required_config_flag_and_exits_0(module):
   proc = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from superclip_jax import config_defaults
+from superclip_jax import config_defaults, losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -32,8 +32,15 @@ def test_every_config_validates_and_opens_with_its_command(path):
 
 def test_unknown_key_names_the_closest_valid_one():
   c = config_defaults.default_config()
-  c.loss.cls_wieght = 1.0
-  with pytest.raises(ValueError, match="loss.cls_wieght.*did you mean 'loss.cls_weight'"):
+  c.loss.token_wieght = 1.0
+  with pytest.raises(ValueError, match="loss.token_wieght.*did you mean 'loss.token_weight'"):
+    config_defaults.validate(c)
+
+
+def test_a_renamed_key_names_its_new_name():
+  c = config_defaults.default_config()
+  c.loss.cls_weight = 0.5
+  with pytest.raises(ValueError, match="'loss.cls_weight' was renamed 'loss.token_weight'"):
     config_defaults.validate(c)
 
 
@@ -44,11 +51,24 @@ def test_bad_choice_is_rejected():
     config_defaults.validate(c)
 
 
-def test_clip_variant_needs_zero_cls_weight():
+def test_the_variant_decides_which_loss_keys_count():
+  from superclip_jax import train_state
+  from superclip_jax.models.superclip import ModelConfig
+
   c = config_defaults.default_config()
-  c.model.variant = 'clip'
-  with pytest.raises(ValueError, match='cls_weight=0'):
-    config_defaults.validate(c)
+  clip = config_defaults.clip_baseline(c)
+  config_defaults.validate(clip)  # the token weight and IDF need not be switched off by hand
+  assert c.model.variant == 'superclip' and clip.model.variant == 'clip'  # a copy
+  cfg = ModelConfig.from_config(clip)
+  assert cfg.has_text_tower and not cfg.has_token_head
+  assert [t.name for t in losses.active_terms(cfg)] == ['contrastive_loss']
+  assert train_state.initial_idf_counts(clip, cfg.variant) == {}  # no IDF counts without the head
+  superclass = config_defaults.load_config_file(os.path.join(ROOT, 'configs', 'superclass_b16.py'))
+  assert ModelConfig.from_config(clip_of := config_defaults.clip_baseline(superclass)).contrastive == 'softmax'
+  assert clip_of.loss.contrastive == 'softmax'
+  superclass.loss.token_weight = 0.0
+  with pytest.raises(ValueError, match='trains only the token classifier: loss.token_weight must be > 0'):
+    config_defaults.validate(superclass, training=False)
 
 
 def test_cli_rejects_misspelled_override():
@@ -62,7 +82,7 @@ def test_cli_rejects_misspelled_override():
       'configs/tiny.py',
       '--workdir',
       '/tmp/unused',
-      '--config.loss.cls_wieght=2',
+      '--config.loss.token_wieght=2',
     ],
     cwd=ROOT,
     capture_output=True,
@@ -71,4 +91,4 @@ def test_cli_rejects_misspelled_override():
     timeout=120,
   )
   assert proc.returncode != 0
-  assert 'cls_wieght' in proc.stderr
+  assert "unknown config key 'loss.token_wieght'" in proc.stderr and "did you mean 'loss.token_weight'" in proc.stderr

@@ -8,7 +8,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'superclip_jax')
 # Entry points that define absl flags at import: one process each (a flag is defined once per process).
-FLAG_MODULES = ('superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench')
+FLAG_MODULES = ('superclip_jax.main', 'superclip_jax.evaluate', 'superclip_jax.bench_step')
 
 
 def _modules() -> dict[str, str]:
@@ -97,7 +97,7 @@ UPPER = (
   'superclip_jax.cli',
   'superclip_jax.main',
   'superclip_jax.evaluate',
-  'superclip_jax.bench',
+  'superclip_jax.bench_step',
   'superclip_jax.dry_run',
 )
 LOWER = (

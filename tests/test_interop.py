@@ -327,7 +327,7 @@ def test_fine_tune_starts_from_the_converted_weights(tmp_path):
   MAX_DIFFS['fine-tune first loss'] = abs(rows[0]['loss'] - expected)
   print(f"first logged loss {rows[0]['loss']:.6f}, converted model's {expected:.6f}")
   assert rows[0]['loss'] == pytest.approx(expected, rel=1e-5)
-  assert rows[0]['cls_loss'] == pytest.approx(float(parts['cls_loss']), rel=1e-5)
+  assert rows[0]['token_loss'] == pytest.approx(float(parts['token_loss']), rel=1e-5)
   assert rows[-1]['loss'] < rows[0]['loss']
   # A training workdir converts out directly, its trained token classifier included.
   from superclip_jax import checkpoint

@@ -57,7 +57,7 @@ def _reference_bag(ids, mask_special):
   return {t for t in ids[:end] if t != SOT}
 
 
-def _reference_cls_loss(logits, ids, w, mask_special):
+def _reference_token_loss(logits, ids, w, mask_special):
   out = []
   for z, row in zip(logits, ids):
     y = np.zeros(V)
@@ -93,7 +93,7 @@ def test_token_classification_matches_numpy(mask_special):
   valid = losses.caption_positions(ids, sot_id=SOT, eot_id=EOT, pad_id=PAD, mask_special=mask_special)
   bag = losses.first_occurrences(ids, valid)
   got = losses.token_classification_loss(jnp.asarray(logits), ids, bag, jnp.asarray(w))
-  np.testing.assert_allclose(got, _reference_cls_loss(logits, CAPTIONS, w, mask_special), rtol=1e-5)
+  np.testing.assert_allclose(got, _reference_token_loss(logits, CAPTIONS, w, mask_special), rtol=1e-5)
 
 
 def test_token_bag_and_document_frequency():
@@ -151,7 +151,7 @@ def test_gradients_are_finite():
     out = {'image_embedding': a, 'text_embedding': b, 'logit_scale': scale, 'logit_bias': bias, 'token_logits': z}
     soft = losses.compute_terms(out, targets, terms, losses.LossOptions('softmax'))
     sig = losses.compute_terms(out, targets, terms, losses.LossOptions('sigmoid'))
-    return losses.total_loss(soft, {'cls_loss': 1.0}) + sig['contrastive_loss']
+    return losses.total_loss(soft, {'token_loss': 1.0}) + sig['contrastive_loss']
 
   grads = jax.grad(f, argnums=(0, 1, 2, 3, 4))(
     a, b, jnp.float32(2.66), jnp.float32(-10.0), jnp.asarray(rng.normal(size=(4, V)), jnp.float32)
@@ -160,8 +160,8 @@ def test_gradients_are_finite():
 
 
 def test_total_is_weighted_sum_of_the_terms():
-  parts = {'contrastive_loss': jnp.float32(2.0), 'cls_loss': jnp.float32(3.0)}
-  assert float(losses.total_loss(parts, {'cls_loss': 0.5})) == pytest.approx(3.5)
+  parts = {'contrastive_loss': jnp.float32(2.0), 'token_loss': jnp.float32(3.0)}
+  assert float(losses.total_loss(parts, {'token_loss': 0.5})) == pytest.approx(3.5)
 
 
 def test_registry_gives_each_variant_its_terms_and_weights():
@@ -169,9 +169,9 @@ def test_registry_gives_each_variant_its_terms_and_weights():
   from superclip_jax.models.superclip import ModelConfig
 
   config = config_defaults.default_config()
-  config.loss.cls_weight = 0.25
+  config.loss.token_weight = 0.25
   names = lambda cfg: [t.name for t in losses.active_terms(cfg)]
-  assert names(ModelConfig(variant='superclip')) == ['contrastive_loss', 'cls_loss']
+  assert names(ModelConfig(variant='superclip')) == ['contrastive_loss', 'token_loss']
   assert names(ModelConfig(variant='clip')) == ['contrastive_loss']
-  assert names(ModelConfig(variant='superclass', text=None, contrastive='none')) == ['cls_loss']
-  assert losses.term_weights(config, ModelConfig()) == {'contrastive_loss': 1.0, 'cls_loss': 0.25}
+  assert names(ModelConfig(variant='superclass', text=None, contrastive='none')) == ['token_loss']
+  assert losses.term_weights(config, ModelConfig()) == {'contrastive_loss': 1.0, 'token_loss': 0.25}

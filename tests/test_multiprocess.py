@@ -20,7 +20,7 @@ from superclip_jax import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
-KEYS = ('loss', 'contrastive_loss', 'cls_loss', 'grad_norm', 'logit_scale')
+KEYS = ('loss', 'contrastive_loss', 'token_loss', 'grad_norm', 'logit_scale')
 
 
 def _env(devices=None):

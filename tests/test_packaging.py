@@ -58,7 +58,7 @@ def test_plot_draws_curves_of_what_changes_and_a_table_of_final_metrics(tmp_path
       'step': s,
       'loss': 5.0 - s / 10,
       'contrastive_loss': 3.0,
-      'cls_loss': 2.0 - s / 10,
+      'token_loss': 2.0 - s / 10,
       'logit_scale': 14.0,
       'learning_rate': 1e-3,
       'images_per_sec': 300.0,
@@ -84,7 +84,7 @@ def test_plot_draws_curves_of_what_changes_and_a_table_of_final_metrics(tmp_path
 
   chosen = plot.panels({'run': rows})
   assert [(p.title, p.keys, p.kind) for p in chosen] == [
-    ('losses', ('loss', 'contrastive_loss', 'cls_loss'), 'curves'),
+    ('losses', ('loss', 'contrastive_loss', 'token_loss'), 'curves'),
     ('temperature (logit scale)', ('logit_scale',), 'curves'),
     ('learning rate', ('learning_rate',), 'curves'),
     ('throughput (images/s)', ('images_per_sec',), 'curves'),
@@ -94,7 +94,7 @@ def test_plot_draws_curves_of_what_changes_and_a_table_of_final_metrics(tmp_path
       (
         'loss',
         'contrastive_loss',
-        'cls_loss',
+        'token_loss',
         'linear_probe/probe/top1',
         'retrieval/coco/image_to_text_r1',
         'zeroshot/zeroshot/top1',

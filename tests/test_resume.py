@@ -83,7 +83,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert [r['step'] for r in a] == [r['step'] for r in b] == [16, 32, 40]
   for ra, rb in zip(a, b):  # every key but timing, the window spanning the interruption included
     keys = set(ra) - set(metrics.TIMING_KEYS)
-    assert keys == set(rb) - set(metrics.TIMING_KEYS) and 'cls_loss' in keys
+    assert keys == set(rb) - set(metrics.TIMING_KEYS) and 'token_loss' in keys
     for key in keys:
       assert ra[key] == rb[key], (ra['step'], key)
   final_a = checkpoint.read_numpy_tree(str(straight / 'checkpoints' / str(STEPS) / 'state'))

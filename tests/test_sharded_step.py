@@ -64,7 +64,7 @@ def test_sharded_step_equals_single_device(single_device, mesh_shape):
   ref_losses, ref_params, ref_counts, _ = single_device
   losses, params, counts, shardings = run_steps(small_config(), mesh_shape, jax.devices())
   for ref, got in zip(ref_losses, losses):
-    for key in ('loss', 'contrastive_loss', 'cls_loss', 'grad_norm'):
+    for key in ('loss', 'contrastive_loss', 'token_loss', 'grad_norm'):
       assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
   # One step moves a parameter by up to lr = 1e-3; agreement to 2e-6 rules out a wrong gradient.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6), ref_params, params)
@@ -130,4 +130,4 @@ def test_other_variants_and_idf_modes_step(tmp_path):
   config.model.variant = 'superclass'
   config.loss.contrastive = 'none'
   losses, params, _, _ = run_steps(config, (2, 2, 2), jax.devices(), steps=2)
-  assert 'text_tower' not in params and np.isfinite(losses[-1]['cls_loss'])
+  assert 'text_tower' not in params and np.isfinite(losses[-1]['token_loss'])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from superclip_jax.data import benchmark_sources, build, records
+from superclip_jax.data import build, eval_sources, records
 from superclip_jax.errors import UserError
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -90,7 +90,7 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         {
           'image': tfds.features.Image(encoding_format='jpeg'),
           'file_name': tfds.features.Text(),
-          'label': tfds.features.ClassLabel(names=list(benchmark_sources.imagenet_wnids())),
+          'label': tfds.features.ClassLabel(names=list(eval_sources.imagenet_wnids())),
         }
       ),
     )

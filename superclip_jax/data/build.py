@@ -3,7 +3,7 @@
   python -m superclip_jax.data.build --source 'webdataset:/data/{00000..00099}.tar' --out DIR
   python -m superclip_jax.data.build --source folder:/data/images --out DIR [--template 'a photo of a {}.']
   python -m superclip_jax.data.build --source tfds:cifar10:test --out DIR
-  python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (benchmark_sources.py)
+  python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (eval_sources.py)
 
 One output shard per input tar (or per --records-per-shard items of a folder, benchmark
 or TFDS split), built in parallel worker processes. A finished shard is recorded by its
@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from superclip_jax import storage, workdir_lock
-from superclip_jax.data import benchmark_sources, images, records, remote, sources, tfds_source
+from superclip_jax.data import eval_sources, images, records, remote, sources, tfds_source
 from superclip_jax.data import tokenizer as tokenizer_lib
 from superclip_jax.errors import UserError
 
@@ -268,8 +268,8 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
     if not paths or missing:
       raise UserError(f'webdataset source {rest!r}: no such tar {missing[:3] or rest}')
     return [{'kind': 'webdataset', 'path': p, 'name': _shard_name(i), 'source': p} for i, p in enumerate(paths)], []
-  if kind == 'folder' or kind in benchmark_sources.LISTERS:
-    lister = sources.list_folder if kind == 'folder' else benchmark_sources.LISTERS[kind]
+  if kind == 'folder' or kind in eval_sources.LISTERS:
+    lister = sources.list_folder if kind == 'folder' else eval_sources.LISTERS[kind]
     items, classes = lister(rest, template)
     chunks = [items[i : i + records_per_shard] for i in range(0, len(items), records_per_shard)]
     return [{'kind': 'list', 'items': chunk, 'name': _shard_name(i), 'source': rest} for i, chunk in enumerate(chunks)], classes

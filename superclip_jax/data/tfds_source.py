@@ -46,11 +46,11 @@ def class_names(features) -> list[str]:
   if 'label' not in features or not hasattr(features['label'], 'names'):
     return []
   names = list(features['label'].names)
-  from superclip_jax.data import benchmark_sources
+  from superclip_jax.data import eval_sources
 
   # imagenet2012, imagenet_v2, imagenet_a...: labels are the sorted WNIDs, i.e. OpenAI's class order.
-  if names == list(benchmark_sources.imagenet_wnids()):
-    return benchmark_sources.imagenet_classnames()
+  if names == list(eval_sources.imagenet_wnids()):
+    return eval_sources.imagenet_classnames()
   return names
 
 

@@ -7,18 +7,18 @@ package in data/imagenet_zero_shot.json.
 
 from __future__ import annotations
 
-from superclip_jax.data import benchmark_sources
+from superclip_jax.data import eval_sources
 from superclip_jax.errors import UserError
 
 
 def imagenet_classnames() -> tuple[str, ...]:
   """OpenAI's 1,000 curated ImageNet-1k class names."""
-  return tuple(benchmark_sources.imagenet_classnames())
+  return tuple(eval_sources.imagenet_classnames())
 
 
 def imagenet_templates() -> tuple[str, ...]:
   """OpenAI's 80 ImageNet prompt templates, as format strings with one '{}'."""
-  return tuple(benchmark_sources.imagenet_templates())
+  return tuple(eval_sources.imagenet_templates())
 
 
 def resolve_templates(spec) -> tuple[str, ...]:

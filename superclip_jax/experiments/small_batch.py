@@ -41,9 +41,7 @@ def run_one(model: str, batch: int, seed: int, samples: int, workdir: str) -> di
   del config.evals['probe']
   config.evals.zeroshot.every_steps = 0
   if model == 'clip':
-    config.model.variant = 'clip'
-    config.loss.cls_weight = 0.0
-    config.loss.idf = 'none'
+    config = config_defaults.clip_baseline(config)
   rows = train.run(config, workdir)
   final = {k: v for r in rows if r['step'] == config.total_steps for k, v in r.items()}
   return {k: final[k] for k, _ in METRICS}

@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from superclip_jax.errors import UserError
-from superclip_jax.models import presets
+from superclip_jax.models import presets, variants
 from superclip_jax.models.superclip import ModelConfig
 
 IGNORED = (
@@ -121,7 +121,7 @@ def infer_config(sd: dict, *, quick_gelu: bool, image_heads: int = 0, text_heads
       mlp_ratio=_mlp_ratio(tfc, int(tw)),
     )
   head = HEAD + 'text_projection.weight' in sd
-  variant = 'superclip' if head and text else 'superclass' if head else 'clip'
+  variant = variants.variant_with(text_tower=text is not None, token_head=head)
   if head:
     vocab = sd[HEAD + 'text_projection.weight'].shape[0]
   contrastive = 'sigmoid' if 'logit_bias' in sd else 'softmax' if text else 'none'
@@ -249,7 +249,7 @@ def to_params(sd: dict, cfg: ModelConfig) -> dict:
       'text_projection': sd['text_projection'],
       'transformer': _blocks_in(sd, 'transformer', cfg.text),
     }
-  if cfg.variant != 'clip':
+  if cfg.has_token_head:
     params['token_classifier'] = {
       'norm': _ln(sd, HEAD + 'ln_mlp'),
       'head': {'kernel': _linear(sd[HEAD + 'text_projection.weight']), 'bias': sd[HEAD + 'text_projection.bias']},

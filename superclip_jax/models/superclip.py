@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from superclip_jax.models import layers, presets
+from superclip_jax.models import layers, presets, variants
 from superclip_jax.models.text import TextTower
 from superclip_jax.models.vit import ImageTower
 
@@ -39,13 +39,22 @@ class ModelConfig:
   sigmoid_scale_init: float = 2.302585093
   sigmoid_bias_init: float = -10.0
 
+  # The variant's parts (models/variants.py), asked by name rather than by comparing variant strings.
+  @property
+  def has_text_tower(self) -> bool:
+    return variants.has_text_tower(self.variant)
+
+  @property
+  def has_token_head(self) -> bool:
+    return variants.has_token_head(self.variant)
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
     """Resolve the trainer config's model section (presets plus overrides)."""
     m = config.model
     image = presets.image_tower_size(m.image, m.image_width, m.image_depth, m.image_heads, m.patch_size)
     text = None
-    if m.variant != 'superclass':
+    if variants.has_text_tower(m.variant):
       text = presets.text_tower_size(m.text, m.text_width, m.text_depth, m.text_heads)
     return cls(
       variant=m.variant,
@@ -61,7 +70,7 @@ class ModelConfig:
       remat=m.remat,
       attention=m.attention,
       scan_layers=m.scan_layers,
-      contrastive='none' if m.variant == 'superclass' else config.loss.contrastive,
+      contrastive=config.loss.contrastive if variants.has_text_tower(m.variant) else 'none',
       logit_scale_init=config.loss.logit_scale_init,
       sigmoid_scale_init=config.loss.sigmoid_scale_init,
       sigmoid_bias_init=config.loss.sigmoid_bias_init,
@@ -71,7 +80,7 @@ class ModelConfig:
     """The same model without the token classifier (used in training only); SuperClass keeps it."""
     # Attention back to 'auto': a model trained with cuDNN attention on GPUs evaluates anywhere.
     cfg = dataclasses.replace(self, attention='auto')
-    return dataclasses.replace(cfg, variant='clip') if cfg.variant == 'superclip' else cfg
+    return dataclasses.replace(cfg, variant='clip') if cfg.has_text_tower and cfg.has_token_head else cfg
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -115,14 +124,12 @@ class SuperCLIP(nnx.Module):
     common = dict(
       quick_gelu=cfg.quick_gelu, compute_dtype=dt, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs, attention=cfg.attention
     )
-    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.variant != 'superclass' else 0, **common)
+    self.image_tower = ImageTower(cfg.image, cfg.image_size, cfg.embed_dim if cfg.has_text_tower else 0, **common)
     # A missing part is None (a static attribute); present parts are assigned once.
     self.text_tower = (
-      TextTower(cfg.text, cfg.vocab_size, cfg.context_length, cfg.embed_dim, cfg.eot_id, **common)
-      if cfg.variant != 'superclass'
-      else None
+      TextTower(cfg.text, cfg.vocab_size, cfg.context_length, cfg.embed_dim, cfg.eot_id, **common) if cfg.has_text_tower else None
     )
-    self.token_classifier = TokenClassifier(cfg.image.width, cfg.vocab_size, dt, rngs=rngs) if cfg.variant != 'clip' else None
+    self.token_classifier = TokenClassifier(cfg.image.width, cfg.vocab_size, dt, rngs=rngs) if cfg.has_token_head else None
     scale_init = {'softmax': cfg.logit_scale_init, 'sigmoid': cfg.sigmoid_scale_init}.get(cfg.contrastive)
     self.logit_scale = layers.constant_param(scale_init, (), ()) if scale_init is not None else None
     self.logit_bias = layers.constant_param(cfg.sigmoid_bias_init, (), ()) if cfg.contrastive == 'sigmoid' else None

@@ -1,7 +1,7 @@
 """Input-pipeline benchmark: images/s per core for decode + augment, beside plain decoding.
 
-  python -m superclip_jax.data.bench --shards DIR            # shards you built
-  python -m superclip_jax.data.bench --synthesize 2000       # makes shards of ~256-px JPEGs first
+  python -m superclip_jax.data.bench_input --shards DIR            # shards you built
+  python -m superclip_jax.data.bench_input --synthesize 2000       # makes shards of ~256-px JPEGs first
 
 All figures come from one process on one core, in the same run and over the same JPEG
 bytes, so their ratios are meaningful on a shared machine. Stages:
@@ -157,7 +157,7 @@ def run(
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.data.bench', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog='python -m superclip_jax.data.bench_input', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   parser.add_argument('--shards', default='')
   parser.add_argument('--synthesize', type=int, default=0, help='make shards of N ~256-px JPEGs first')
@@ -172,7 +172,7 @@ def main(argv=None):
   os.environ.setdefault('OMP_NUM_THREADS', '1')
   from superclip_jax.errors import user_errors
 
-  with user_errors('superclip_jax.data.bench'), tempfile.TemporaryDirectory() as tmp:
+  with user_errors('superclip_jax.data.bench_input'), tempfile.TemporaryDirectory() as tmp:
     shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
     counts = tuple(int(w) for w in args.workers.split(',') if w) or tuple(default_worker_counts())
     r = run(shards, args.size, min_seconds=args.seconds, worker_counts=counts)

@@ -1,6 +1,6 @@
 """Train-step benchmark on the devices present: the real state and jitted step, a synthetic batch.
 
-  python -m superclip_jax.bench --config configs/superclip_b16.py --batch 8 --image_size 112 --steps 5
+  python -m superclip_jax.bench_step --config configs/superclip_b16.py --batch 8 --image_size 112 --steps 5
 
 No data is read: the batch is synthetic with the config's shapes. Prints the state-creation
 and compile times, the median step time, images/s, model FLOPs per step (analytic beside
@@ -12,7 +12,6 @@ classifier timed interleaved with it (the SuperCLIP/CLIP ratio). The last line i
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import time
@@ -23,8 +22,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from superclip_jax import allocator, cli
+from superclip_jax import allocator, cli, config_defaults
 from superclip_jax.errors import user_errors
+from superclip_jax.models import variants
 
 _FLAGS: dict[str, Any] = {}  # defined only when run as a program: importing this module defines no flags
 
@@ -144,17 +144,6 @@ def random_ids(rng: np.random.Generator, n: int, length: int, vocab_size: int, t
   return ids
 
 
-def clip_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The same run without the token classifier: plain CLIP."""
-  c = copy.deepcopy(config)
-  c.model.variant = 'clip'
-  c.loss.cls_weight = 0.0
-  c.loss.idf = 'none'
-  if c.loss.contrastive == 'none':  # SuperClass has no contrastive loss; CLIP needs one
-    c.loss.contrastive = 'softmax'
-  return c
-
-
 class Step:
   """The config's real train state and compiled step on the devices present, and a fixed batch."""
 
@@ -228,8 +217,8 @@ def run(
     'first_step_s': step.first_step_seconds,
   }
   fns: dict[str, Callable[[], Any]] = {'superclip': step}
-  if compare_clip and config.model.variant != 'clip':
-    clip = Step(clip_config(config))
+  if compare_clip and variants.has_token_head(config.model.variant):
+    clip = Step(config_defaults.clip_baseline(config))
     report.update(clip_compile_s=clip.compile_seconds)
     fns['clip'] = clip
   platform = devices[0].platform
@@ -340,4 +329,4 @@ def main(argv):
 if __name__ == '__main__':
   allocator.reexec_with_mimalloc()  # before anything allocates: see allocator.py
   _define_flags()
-  cli.run(main, 'superclip_jax.bench')
+  cli.run(main, 'superclip_jax.bench_step')

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from superclip_jax.data import benchmark_sources, build, pipeline, records
+from superclip_jax.data import build, eval_sources, pipeline, records
 from superclip_jax.errors import UserError
 from superclip_jax.evals import retrieval
 
@@ -74,10 +74,10 @@ def _check_imagenet(manifest, recs, expected):
 
 
 def test_imagenet_wnids_are_the_sorted_1000():
-  wnids = benchmark_sources.imagenet_wnids()
+  wnids = eval_sources.imagenet_wnids()
   assert len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
   assert wnids[:3] == ('n01440764', 'n01443537', 'n01484850') and wnids[999] == 'n15075141'
-  names = benchmark_sources.imagenet_classnames()
+  names = eval_sources.imagenet_classnames()
   assert names[:3] == ['tench', 'goldfish', 'great white shark'] and names[999] == 'toilet paper'
 
 

@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine; each creates the virtual environment and installs first.
 #   make train   - the demo: trains configs/demo_mnist.py on real MNIST digits on this machine's CPU
 #                  (about 4 minutes), evaluates it (zero-shot, retrieval, linear probe) and plots its curves
-#   make test    - runs the whole test suite, the slow end-to-end tests included (tests/run_suite.py)
+#   make test    - runs the whole test suite, the slow end-to-end tests included (one pytest run)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,11 +31,14 @@ train: install
 
 lint: install-test
 	$(BIN)/ruff check superclip_jax tests configs benchmarks
+	$(BIN)/ruff format --check superclip_jax tests configs benchmarks
 
-# Each test file runs in its own pytest process, two files at a time, the longest first
-# (tests/run_suite.py says why); every file's result counts. TEST_JOBS=1 runs them one by one.
+# One pytest run: two worker processes (pytest-xdist), each taking whole test files, the longest
+# first (tests/file_seconds.json; `--record-seconds` rewrites it after a green run). TEST_WORKERS=0
+# runs everything in this one process.
+TEST_WORKERS ?= 2
 test: install-test
-	$(BIN)/python tests/run_suite.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -rs
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) workdirs .cache

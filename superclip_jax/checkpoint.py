@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from superclip_jax import config_defaults, storage
+from superclip_jax import config_defaults, storage, tree_names
 from superclip_jax.errors import UserError
 
 
@@ -82,18 +82,9 @@ class Preempted(Exception):
     self.step, self.path, self.exit_code = step, path, exit_code
 
 
-def key_name(k) -> str:
-  for attr in ('name', 'key', 'idx'):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
 def flat_names(tree: Any) -> dict[str, Any]:
   """{'params.image_tower.proj': leaf, ...}: leaves by the dotted names Orbax stores them under."""
-  return {
-    '.'.join(key_name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if leaf is not None
-  }
+  return tree_names.flat(tree)
 
 
 def tree_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from superclip_jax import checkpoint, storage
+from superclip_jax import checkpoint, storage, tree_names
 from superclip_jax.errors import UserError
 
 MODEL_CONFIG = 'model_config.json'
@@ -32,17 +32,6 @@ def locate(path: str, step: int | None = None) -> tuple[str, str]:
     raise UserError(f'{path}: no such directory')
   step_dir, _ = checkpoint.checkpoint_dir(path, step)
   return storage.join(step_dir, 'state'), 'params.'
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for name, value in flat.items():
-    node = out
-    parts = name.split('.')
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = value
-  return out
 
 
 def restore_params(
@@ -85,7 +74,7 @@ def restore_params(
     raise UserError(f'init_from {path} does not fit this model: ' + '; '.join(problems))
   if not taken:
     raise UserError(f'init_from {path}: no parameter of this model found there')
-  item = _nest({prefix + n: wanted[n] for n in taken})
+  item = tree_names.nest({prefix + n: wanted[n] for n in taken})
   restore_args = jax.tree.map(
     lambda sds: ocp.ArrayRestoreArgs(sharding=sds.sharding, global_shape=sds.shape, dtype=sds.dtype), item
   )
@@ -149,7 +138,6 @@ def merge(params: dict, loaded: dict[str, Any]) -> dict:
   """params with the loaded arrays (by dotted name) put in their place."""
 
   def pick(path, leaf):
-    name = '.'.join(checkpoint.key_name(k) for k in path)
-    return loaded.get(name, leaf)
+    return loaded.get(tree_names.path_name(path), leaf)
 
   return jax.tree_util.tree_map_with_path(pick, params)

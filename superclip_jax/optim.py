@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import optax
 
-from superclip_jax import sharding
+from superclip_jax import sharding, tree_names
 from superclip_jax.errors import UserError
 from superclip_jax.models import layers
 
@@ -40,16 +40,14 @@ def path_names(params: Mapping) -> dict:
   An annotated leaf (sharding.Logical) counts as one leaf, so the optimizer's masks also
   apply to the annotated parameters its state shardings are derived from.
   """
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path), params, is_leaf=lambda x: isinstance(x, sharding.Logical)
-  )
+  return tree_names.names(params, '/', is_leaf=lambda x: isinstance(x, sharding.Logical))
 
 
 def weight_decay_mask(params: Mapping, logical_axes: Mapping) -> dict:
   """True for matrices (>= 2 dims once a stacked 'layers' axis is discounted), except norms and biases."""
 
   def decide(path, axes, _):
-    leaf = str(getattr(path[-1], 'key', path[-1]))
+    leaf = str(tree_names.key(path[-1]))
     real_dims = [a for a in axes if a != layers.LAYERS]
     return len(real_dims) >= 2 and leaf not in _NO_DECAY_NAMES
 

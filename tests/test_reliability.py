@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from test_checkpoint import _config, _state_on
 
-from superclip_jax import checkpoint, errors, metrics, train, workdir_lock
+from superclip_jax import checkpoint, errors, metrics, train, tree_names, workdir_lock
 from superclip_jax.data import build, records
 from superclip_jax.errors import UserError
 from superclip_jax.evals import registry
@@ -186,11 +186,7 @@ def test_fingerprints_catch_one_flipped_bit_in_any_leaf():
   leaf.view(np.uint32).reshape(-1)[7] ^= 1 << 30  # one exponent bit: 1e-2 becomes about 1e36
   flipped = state.replace(
     params=jax.tree_util.tree_map_with_path(
-      lambda path, x: (
-        jax.device_put(leaf, x.sharding)
-        if 'proj' == checkpoint.key_name(path[-1]) and checkpoint.key_name(path[0]) == 'image_tower'
-        else x
-      ),
+      lambda path, x: jax.device_put(leaf, x.sharding) if tree_names.path_name(path) == 'image_tower.proj' else x,
       state.params,
     )
   )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from superclip_jax import tree_names
 from superclip_jax.models import layers, presets, variants
 from superclip_jax.models.text import TextTower
 from superclip_jax.models.vit import ImageTower
@@ -196,29 +197,12 @@ class ModelDef:
       axes = var.get_metadata().get('axes')
       if axes is None:
         raise ValueError(f'parameter {jax.tree_util.keystr(path)} has no logical axes')
-      flat[tuple(_key_name(k) for k in path)] = tuple(axes)
-    return _unflatten(flat)
+      flat[tuple(tree_names.key(k) for k in path)] = tuple(axes)
+    return tree_names.nest(flat, sep=None)
 
   def shapes(self) -> dict:
     """Pure dict of ShapeDtypeStructs."""
     return nnx.to_pure_dict(self.abstract_state)
-
-
-def _key_name(k):
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(k, attr):
-      return getattr(k, attr)
-  return str(k)
-
-
-def _unflatten(flat: dict) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
 
 
 def count_params(params: dict) -> int:

@@ -239,49 +239,60 @@ def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.joi
 
 
 def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
-  """Items of a folder: images + captions.jsonl / captions.csv, else the ImageFolder layout.
+  """Items of a folder, local or at a URL (gs://, s3://, http(s)://, through fsspec): images and
+  captions.jsonl / captions.csv, else the ImageFolder layout (one sub-folder per class).
 
-  Returns (items with image paths, read later by the worker; class names for ImageFolder or []).
-  A URL (gs://, s3://, http(s)://) is listed through fsspec (remote.py).
+  Returns (items with image paths or URLs, read later by the workers; class names for ImageFolder or []).
   """
-  if remote.is_remote(directory):
-    return list_remote_folder(directory, template)
-  if not os.path.isdir(directory):
+  import fsspec
+
+  local = not remote.is_remote(directory)
+  if local and not os.path.isdir(directory):
     raise UserError(f'folder source {directory} does not exist')
-  jsonl, csv_path = os.path.join(directory, 'captions.jsonl'), os.path.join(directory, 'captions.csv')
-  rows: list[dict[str, Any]] = []
-  if os.path.exists(jsonl):
-    with open(jsonl, encoding='utf-8') as f:
-      rows = parse_jsonl(f, jsonl)
-  elif os.path.exists(csv_path):
-    with open(csv_path, encoding='utf-8', newline='') as f:
-      rows = list(csv.DictReader(f))
-  if rows or os.path.exists(jsonl) or os.path.exists(csv_path):
-    return items_from_rows(rows, directory), []
-  classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+  if not local:
+    remote.check_driver(directory)
+  join = os.path.join if local else remote.join_url
+  try:
+    fs, root = fsspec.core.url_to_fs(directory, **({} if local else remote.timeouts(directory)))
+  except (ImportError, ValueError) as e:
+    raise UserError(f'folder source {directory}: {e}') from None
+  for name in ('captions.jsonl', 'captions.csv'):
+    if fs.exists(join(root, name)):
+      path = join(directory, name)
+      text = _read_text(path) if local else remote.read_bytes(path).decode('utf-8')
+      rows = (
+        parse_jsonl(text.splitlines(), path) if name.endswith('jsonl') else list(csv.DictReader(io.StringIO(text, newline='')))
+      )
+      return items_from_rows(rows, directory, join=join, exists=os.path.exists if local else None), []
+  try:
+    entries = fs.ls(root, detail=True)
+  except FileNotFoundError:
+    raise UserError(f'folder source {directory} does not exist') from None
+  classes = sorted(os.path.basename(e['name'].rstrip('/')) for e in entries if e['type'] == 'directory')
   if not classes:
     raise UserError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
   items = []
   for label, name in enumerate(classes):
-    class_dir = os.path.join(directory, name)
-    for fname in sorted(os.listdir(class_dir)):
-      if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
-        rel = os.path.join(name, fname)
-        if not _inside(os.path.join(class_dir, fname), directory):
-          items.append({'key': rel, 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
-          continue
-        items.append(
-          {
-            'key': rel,
-            'image_path': os.path.join(class_dir, fname),
-            'caption': template.format(name.replace('_', ' ')),
-            'label': label,
-          }
-        )
+    files = sorted(os.path.basename(e['name']) for e in fs.ls(join(root, name), detail=True) if e['type'] == 'file')
+    for fname in files:
+      if fname.rsplit('.', 1)[-1].lower() not in IMAGE_EXTENSIONS:
+        continue
+      path = join(directory, name, fname)
+      if local and not _inside(path, directory):
+        items.append({'key': f'{name}/{fname}', 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
+        continue
+      items.append(
+        {'key': f'{name}/{fname}', 'image_path': path, 'caption': template.format(name.replace('_', ' ')), 'label': label}
+      )
   return items, classes
 
 
-# Remote sources: the bytes come through remote.py (fsspec, retries, pipe:); their listing and reading are here.
+def _read_text(path: str) -> str:
+  with open(path, encoding='utf-8', newline='') as f:
+    return f.read()
+
+
+# Remote sources: the bytes come through remote.py (fsspec, retries, pipe:); their globs and tar reading are here.
 def expand_remote(pattern: str) -> list[str]:
   """Brace ranges of a remote pattern, then globs on object stores (gs://, s3://); URLs as given."""
   paths = expand_braces(pattern, use_glob=False)
@@ -311,43 +322,3 @@ def read_webdataset_url(url: str, max_member_bytes: int | None = None) -> Iterat
       return
     f.seek(0)
     yield from read_webdataset_tar(url, fileobj=f, max_member_bytes=max_member_bytes)
-
-
-def list_remote_folder(url: str, template: str = 'a photo of a {}.') -> tuple[list[dict[str, Any]], list[str]]:
-  """list_folder for a URL: items with image URLs (fetched by the workers), class names."""
-  import fsspec
-
-  remote.check_driver(url)
-  try:
-    fs, root = fsspec.core.url_to_fs(url, **remote.timeouts(url))
-  except (ImportError, ValueError) as e:
-    raise UserError(f'folder source {url}: {e}') from None
-  for name in ('captions.jsonl', 'captions.csv'):
-    if fs.exists(remote.join_url(root, name)):
-      text = remote.read_bytes(remote.join_url(url, name)).decode('utf-8')
-      if name.endswith('jsonl'):
-        rows = parse_jsonl(text.splitlines(), remote.join_url(url, name))
-      else:
-        rows = list(csv.DictReader(io.StringIO(text, newline='')))
-      return items_from_rows(rows, url, join=remote.join_url, exists=None), []
-  try:
-    entries = fs.ls(root, detail=True)
-  except FileNotFoundError:
-    raise UserError(f'folder source {url} does not exist') from None
-  dirs = sorted(os.path.basename(e['name'].rstrip('/')) for e in entries if e['type'] == 'directory')
-  if not dirs:
-    raise UserError(f'{url}: neither captions.jsonl, captions.csv nor class sub-folders')
-  items = []
-  for label, name in enumerate(dirs):
-    files = sorted(os.path.basename(e['name']) for e in fs.ls(remote.join_url(root, name), detail=True) if e['type'] == 'file')
-    for fname in files:
-      if fname.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS:
-        items.append(
-          {
-            'key': f'{name}/{fname}',
-            'image_path': remote.join_url(url, name, fname),
-            'caption': template.format(name.replace('_', ' ')),
-            'label': label,
-          }
-        )
-  return items, dirs

@@ -7,7 +7,7 @@ flickr=/mnt/shards/flickr_test --workdir gs://BUCKET/superclip_b16
 Arguments (superclip_jax/recipes.py): data= the training shards (required to train; not for
 --dry_run), imagenet=, imagenet_v2=, coco=, flickr=, probe_train= the evaluation shards (each
 evaluation runs when its shards are given, every eval_every=5000 steps and at the end), bs=N
-the global batch keeping 512M samples seen (the paper's batch-size study). README "Real data"
+the global batch keeping 512M samples seen (the paper's batch-size study). docs/data.md "Real data"
 gives the commands that build every shard set from the raw downloads.
 
 Memory (compiled for the targets on a CPU, docs/performance.md): with the default remat

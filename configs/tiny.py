@@ -3,7 +3,7 @@ r"""A small SuperCLIP that trains on a laptop CPU in about a minute (synthetic d
   python -m superclip_jax.main --config configs/tiny.py --workdir /tmp/tiny
 
 Expected: contrastive loss falls from ln(64) = 4.16 to below 1.5 and the IDF-weighted
-classification loss well below its start within 300 steps (see README for measured
+classification loss well below its start within 300 steps (see docs/performance.md for measured
 figures). Overrides: --config.model.variant=clip (plain CLIP), --config.loss.contrastive=sigmoid.
 """
 

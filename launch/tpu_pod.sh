@@ -11,7 +11,7 @@
 # Every worker runs `python -m superclip_jax.main --config CONFIG --workdir WORKDIR`;
 # jax.distributed finds the pod through the TPU metadata server by itself. WORKDIR should
 # be a bucket (gs://...): every host reads and writes it. Shards are read from a path every
-# worker sees: a bucket mounted with Cloud Storage FUSE (see README, "Training on a pod").
+# worker sees: a bucket mounted with Cloud Storage FUSE (see docs/training.md, "Training on a pod").
 # Multi-slice (several pod slices over DCN): create them as one queued resource; the same
 # command runs on every worker of every slice (MEGASCALE_* variables are set by the runtime);
 # set --config.mesh.shape so that the data axis spans the slices.

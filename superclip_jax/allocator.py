@@ -1,26 +1,17 @@
 """mimalloc under the CPU train step: the entry points re-execute themselves with it preloaded.
 
-Why: XLA's CPU runtime allocates a step's temporaries afresh every step (1.7 GB for ViT-B/16 at
-224 px, batch 8) and glibc's malloc hands blocks that large back to the kernel when they are
-freed, so each step page-faults all of it in again: 480k faults and 1.4 s of kernel time per
-8.5 s step here. mimalloc keeps the freed pages for the next step (17k faults). Measured on 2
-cores, vs_pytorch's model, one process per allocator, steps alternated: 224 px 8.48 -> 7.60 s
-(0.90), 112 px 3.30 -> 3.03 s (0.92). jemalloc and tcmalloc (Debian's) left the faults and the
-time as they were.
+Why: XLA's CPU runtime allocates a step's temporaries afresh every step, and glibc's malloc hands
+blocks that large back to the kernel when they are freed, so every step page-faulted all of them in
+again. mimalloc keeps the freed pages for the next step. It runs with MIMALLOC_PURGE_DELAY=-1 (never
+hand freed memory back) unless the user set it: with its default the temporaries were still faulted
+in every other step, as transparent huge pages. The price is a caching allocator's: the process keeps
+its peak of host memory, which the next step needs anyway. Figures: docs/performance.md.
 
-mimalloc runs with MIMALLOC_PURGE_DELAY=-1 (never hand freed memory back) unless the user set
-it. Its default gives freed pages back to the kernel 10 ms after a free, so the temporaries
-were still faulted in again every other step, now as transparent huge pages: 900+ of them and
-2.6-3.7 s of kernel time in a 7-10 s step at 224 px. Never purging: 0 faults, 0.03-0.1 s of
-kernel time, 7.2-7.5 s steps. The price is the one a caching allocator always has: the
-process keeps its peak of host memory, which the next step needs anyway.
-
-A malloc can only be replaced before the process starts (LD_PRELOAD), hence the re-exec
-(os.execve: same PID, so launchers and signals see one process). Only when the step runs on
-the CPU: on TPU and GPU the step's memory is the device's and host malloc is not in its path.
-SUPERCLIP_JAX_ALLOCATOR chooses: 'auto' (default: mimalloc when the step runs on CPU),
-'mimalloc' (whatever the backend), 'system' (never). mimalloc comes from the cmeel-mimalloc
-wheel (Linux); without it, or elsewhere, the process runs on as it is.
+A malloc can only be replaced before the process starts (LD_PRELOAD), hence the re-exec (os.execve:
+same PID, so launchers and signals see one process). Only when the step runs on the CPU: on TPU and
+GPU the step's memory is the device's. SUPERCLIP_JAX_ALLOCATOR chooses: 'auto' (default: mimalloc
+when the step runs on CPU), 'mimalloc' (whatever the backend), 'system' (never). mimalloc comes from
+the cmeel-mimalloc wheel (Linux); without it, or elsewhere, the process runs on as it is.
 """
 
 from __future__ import annotations

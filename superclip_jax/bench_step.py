@@ -61,11 +61,10 @@ class PeakMatmul:
   """The machine's best float32 size^3 matmul: NumPy's BLAS or PyTorch's (when installed), the faster.
 
   The CPU's peak for MFU is what the best library reaches on the same cores, not XLA's own
-  matmul (about 188 GFLOP/s here, below the 203 GFLOP/s of PyTorch's whole 224 px step).
-  Each call repeats the matmul for about `seconds`; it is called in turn with the steps
-  (interleaved_times), so the peak is measured under the same load and MFU is a ratio
-  from one run (timed alone after the steps, the peak read anything from 106 to 196
-  GFLOP/s on a shared 2-core machine).
+  matmul (which a whole PyTorch step can outrun). Each call repeats the matmul for about
+  `seconds`; it is called in turn with the steps (interleaved_times), so the peak is measured
+  under the same load and MFU is a ratio from one run: timed alone after the steps, the peak
+  varies too much on a shared machine (docs/performance.md).
   """
 
   def __init__(self, size: int = 2048, seconds: float = 0.5):

@@ -3,7 +3,7 @@
   configs/superclip_b16.py:data=DIR[,DIR2],imagenet=DIR,imagenet_v2=DIR,coco=DIR,flickr=DIR,probe_train=DIR,bs=N
 
 Training shards are required to train (not for --dry_run); each evaluation is configured
-when its shards are given (built with python -m superclip_jax.data.build, see README):
+when its shards are given (built with python -m superclip_jax.data.build, see docs/data.md):
   imagenet     ImageNet-1k zero-shot with OpenAI's 1,000 class names and 80 templates
   imagenet_v2  the same on ImageNet-v2
   coco         COCO 5k Karpathy test retrieval (5 captions per image)

@@ -1,6 +1,6 @@
 """Image decoding and the CLIP train / eval crops, in uint8 on the host.
 
-Decoding uses simplejpeg (libjpeg-turbo; measured about 4x faster than PIL here) with
+Decoding uses simplejpeg (libjpeg-turbo; faster than PIL: docs/performance.md) with
 DCT-domain downscaling when the source is much larger than needed. Training crops are
 resized with OpenCV's bicubic (fast); the evaluation centre crop uses PIL's antialiased
 bicubic, as OpenAI / OpenCLIP preprocess. Normalisation happens on the device, inside the jitted step.

@@ -150,7 +150,7 @@ _REMAT_POLICIES = {
   'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
   # Every matmul output kept (attention's too); LayerNorm, GELU, softmax and the residual
   # adds recomputed from them in the backward. Same FLOPs to a rounding error and less
-  # to store and reload than 'none': 0.86x the step time of 'none' at 224 px on CPU.
+  # to store and reload than 'none': the faster CPU step (docs/performance.md, 2026-11-30).
   'elementwise': jax.checkpoint_policies.dots_saveable,
 }
 # What remat='auto' means per backend (platform_defaults.py says why).

@@ -76,9 +76,3 @@ def weights(counts: dict[str, jax.Array]) -> jax.Array:
   n = jnp.broadcast_to(counts['num_samples'], counts['doc_freq'].shape)
   gap = to_float(subtract(n, counts['doc_freq']))
   return jnp.log1p(gap / (to_float(counts['doc_freq']) + 1.0))
-
-
-def weights_from_stats(num_samples: int, doc_freq: np.ndarray) -> np.ndarray:
-  """Offline IDF weights from dataset statistics, computed in float64, returned float32."""
-  df = np.asarray(doc_freq, np.float64)
-  return np.log((float(num_samples) + 1.0) / (df + 1.0)).astype(np.float32)

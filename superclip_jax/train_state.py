@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from superclip_jax import idf, sharding
+from superclip_jax.data import records
 from superclip_jax.errors import UserError
 from superclip_jax.models import variants
 from superclip_jax.models.superclip import ModelDef
@@ -44,16 +45,7 @@ def initial_idf_counts(
     return {}
   if config.loss.idf == 'offline' and not shapes_only:
     path = offline_stats or config.loss.idf_offline_stats
-    try:
-      from etils import epath
-
-      with epath.Path(path).open('rb') as f:
-        stats = np.load(f)
-        doc_freq, num_samples = stats['doc_freq'], int(stats['num_samples'])
-    except (OSError, KeyError, ValueError) as e:
-      raise UserError(
-        f"cannot read offline IDF statistics from {path!r} (an .npz with 'doc_freq' (V,) and 'num_samples'): " + str(e)
-      ) from e
+    num_samples, doc_freq = records.load_doc_freq(path)
     if doc_freq.shape != (config.model.vocab_size,):
       raise UserError(f'{path}: doc_freq has shape {doc_freq.shape}, model vocab is {config.model.vocab_size}')
     return jax.tree.map(np.asarray, idf.from_ints(num_samples, doc_freq))

@@ -86,12 +86,16 @@ def read_manifest(directory: str) -> dict[str, Any]:
 
 def read_doc_freq(directory: str) -> tuple[int, np.ndarray]:
   """(number of captions, per-token document frequency) of a shard directory."""
-  path = storage.join(directory, DOC_FREQ)
+  return load_doc_freq(storage.join(directory, DOC_FREQ))
+
+
+def load_doc_freq(path: str) -> tuple[int, np.ndarray]:
+  """(num_samples, doc_freq) of a document-frequency .npz, local or in a bucket (offline IDF reads it too)."""
   try:
     stats = np.load(io.BytesIO(storage.read_bytes(path)))
     return int(stats['num_samples']), stats['doc_freq']
   except (OSError, KeyError, ValueError) as e:
-    raise UserError(f'{path}: unreadable document frequencies ({e})') from e
+    raise UserError(f"{path}: unreadable document frequencies, an .npz with 'doc_freq' (V,) and 'num_samples' ({e})") from e
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -74,7 +74,7 @@ def test_linear_probe_separates_separable_features():
 
 
 def test_imagenet_protocol_is_openai_s():
-  names, templates = prompts.imagenet_classnames(), prompts.imagenet_templates()
+  names, templates = prompts.resolve_classnames('imagenet'), prompts.resolve_templates('imagenet')
   assert len(names) == 1000 and len(templates) == 80
   assert names[:3] == ('tench', 'goldfish', 'great white shark')
   assert templates[0] == 'a bad photo of a {}.' and all(t.count('{}') == 1 for t in templates)

@@ -11,20 +11,10 @@ from superclip_jax.data import eval_sources
 from superclip_jax.errors import UserError
 
 
-def imagenet_classnames() -> tuple[str, ...]:
-  """OpenAI's 1,000 curated ImageNet-1k class names."""
-  return tuple(eval_sources.imagenet_classnames())
-
-
-def imagenet_templates() -> tuple[str, ...]:
-  """OpenAI's 80 ImageNet prompt templates, as format strings with one '{}'."""
-  return tuple(eval_sources.imagenet_templates())
-
-
 def resolve_templates(spec) -> tuple[str, ...]:
   """'imagenet' (the 80), 'simple' (a photo of a {}.), or a sequence of '{}' format strings."""
   if spec in ('imagenet', 'openai'):
-    return imagenet_templates()
+    return tuple(eval_sources.imagenet_templates())
   if spec in ('simple', '', None):
     return ('a photo of a {}.',)
   templates = tuple(spec)
@@ -37,7 +27,7 @@ def resolve_templates(spec) -> tuple[str, ...]:
 def resolve_classnames(spec, manifest_classes=()) -> tuple[str, ...]:
   """'imagenet' (the 1,000), 'manifest' (the shard manifest's class folders), or a sequence."""
   if spec == 'imagenet':
-    return imagenet_classnames()
+    return tuple(eval_sources.imagenet_classnames())
   if spec in ('manifest', '', None):
     if not manifest_classes:
       raise UserError('no class names: the shards have none in their manifest; set class_names')

@@ -63,7 +63,7 @@ def _items(task: dict[str, Any]) -> Iterable[dict[str, Any]]:
   kind = task['kind']
   if kind == 'webdataset':
     limit = task.get('max_member_bytes', sources.MAX_MEMBER_BYTES)
-    if remote.is_remote(task['path']):
+    if remote.is_fetched(task['path']):
       return sources.read_webdataset_url(task['path'], max_member_bytes=limit)
     return sources.read_webdataset_tar(task['path'], max_member_bytes=limit)
   if kind == 'list':
@@ -186,7 +186,7 @@ def _write_shard(task: dict[str, Any], out_dir: str, options: dict[str, Any]) ->
         label = item.get('label', -1)
         if not isinstance(label, int) or not _INT32[0] <= label <= _INT32[1]:
           raise images.SkipRecord('label_out_of_range', f'{label!r:.40} is not an int32')
-        if 'image_path' in item and remote.is_remote(item['image_path']):
+        if 'image_path' in item and remote.is_fetched(item['image_path']):
           raw = remote.read_bytes(item['image_path'])
         elif 'image_path' in item:
           with open(item['image_path'], 'rb') as f:
@@ -255,7 +255,7 @@ def plan_tasks(source: str, records_per_shard: int, template: str, data_dir: str
   """Split a --source into shard tasks; returns (tasks, class names)."""
   kind, _, rest = source.partition(':')
   if kind == 'webdataset':
-    if remote.is_remote(rest):
+    if remote.is_fetched(rest):
       # A tar that cannot be fetched is counted at build time.
       remote.check_driver(rest)
       paths = sources.expand_remote(rest)

@@ -28,8 +28,8 @@ READ_TIMEOUT_S = float(os.environ.get('SUPERCLIP_READ_TIMEOUT_S', '60'))  # with
 _CHUNK = 1 << 20
 
 
-def is_remote(path: str) -> bool:
-  """Whether a source path is a URL or a pipe: command (read through fsspec / a shell)."""
+def is_fetched(path: str) -> bool:
+  """Whether a source's bytes are fetched: a URL (fsspec) or a pipe: command (a shell), not a local file."""
   return path.startswith(REMOTE_PREFIXES)
 
 
@@ -159,7 +159,3 @@ def read_bytes(url: str) -> bytes:
   buf = io.BytesIO()
   download(url, buf)
   return buf.getvalue()
-
-
-def join_url(base: str, *parts: str) -> str:
-  return '/'.join([base.rstrip('/'), *parts])

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from typing import Any, Iterator, NamedTuple
 
+from superclip_jax import storage
 from superclip_jax.data import remote
 from superclip_jax.errors import UserError
 
@@ -194,8 +195,11 @@ def parse_jsonl(lines, name: str) -> list[Any]:
   return rows
 
 
-def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.join, exists=os.path.exists) -> list[dict[str, Any]]:
-  """Items of caption rows ({"image": relative path, "caption": ...}); exists=None: do not check.
+def items_from_rows(rows: list[dict[str, Any]], directory: str, local: bool = True) -> list[dict[str, Any]]:
+  """Items of caption rows ({"image": relative path, "caption": ...}).
+
+  In a local folder each image must exist and stay inside the folder (symlinks resolved); at a URL
+  they are fetched by the workers, where a missing one is skipped and counted.
 
   Rows naming an image again (more captions of it) are keyed 'IMAGE#1', 'IMAGE#2', ... as the
   Karpathy sources do: keys stay unique, so no caption is taken for a duplicate sample, and the
@@ -214,16 +218,16 @@ def items_from_rows(rows: list[dict[str, Any]], directory: str, join=os.path.joi
     if not isinstance(rel, str) or not rel:
       items.append({'key': f'{directory}: row {n}', 'skip': 'row_without_image', 'detail': repr(rel)[:80]})
       continue
-    path = join(directory, rel)
+    path = storage.join(directory, rel)
     if _unsafe(rel):
       items.append({'key': rel, 'skip': 'unsafe_path'})
       continue
     k = repeats[rel] = repeats.get(rel, -1) + 1
     key = f'{rel}#{k}' if k else rel
-    if join is os.path.join and not _inside(path, directory):
+    if local and not _inside(path, directory):
       items.append({'key': key, 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
       continue
-    if exists is not None and not exists(path):
+    if local and not os.path.exists(path):
       items.append({'key': key, 'skip': 'missing_image'})
       continue
     items.append(
@@ -246,24 +250,23 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
   """
   import fsspec
 
-  local = not remote.is_remote(directory)
+  local = not remote.is_fetched(directory)
   if local and not os.path.isdir(directory):
     raise UserError(f'folder source {directory} does not exist')
   if not local:
     remote.check_driver(directory)
-  join = os.path.join if local else remote.join_url
   try:
     fs, root = fsspec.core.url_to_fs(directory, **({} if local else remote.timeouts(directory)))
   except (ImportError, ValueError) as e:
     raise UserError(f'folder source {directory}: {e}') from None
   for name in ('captions.jsonl', 'captions.csv'):
-    if fs.exists(join(root, name)):
-      path = join(directory, name)
+    if fs.exists(storage.join(root, name)):
+      path = storage.join(directory, name)
       text = _read_text(path) if local else remote.read_bytes(path).decode('utf-8')
       rows = (
         parse_jsonl(text.splitlines(), path) if name.endswith('jsonl') else list(csv.DictReader(io.StringIO(text, newline='')))
       )
-      return items_from_rows(rows, directory, join=join, exists=os.path.exists if local else None), []
+      return items_from_rows(rows, directory, local), []
   try:
     entries = fs.ls(root, detail=True)
   except FileNotFoundError:
@@ -273,11 +276,11 @@ def list_folder(directory: str, template: str = 'a photo of a {}.') -> tuple[lis
     raise UserError(f'{directory}: neither captions.jsonl, captions.csv nor class sub-folders')
   items = []
   for label, name in enumerate(classes):
-    files = sorted(os.path.basename(e['name']) for e in fs.ls(join(root, name), detail=True) if e['type'] == 'file')
+    files = sorted(os.path.basename(e['name']) for e in fs.ls(storage.join(root, name), detail=True) if e['type'] == 'file')
     for fname in files:
       if fname.rsplit('.', 1)[-1].lower() not in IMAGE_EXTENSIONS:
         continue
-      path = join(directory, name, fname)
+      path = storage.join(directory, name, fname)
       if local and not _inside(path, directory):
         items.append({'key': f'{name}/{fname}', 'skip': 'outside_source', 'detail': 'a symlink out of the source folder'})
         continue

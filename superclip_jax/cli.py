@@ -33,10 +33,17 @@ _HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')  # absl's; each 
 _OVERRIDE = re.compile(r'-{1,2}(?:no)?config\.([^=]+)')  # config_flags' own pattern for an override
 
 
-def define_config_flag(help_text: str) -> flags.FlagHolder:
-  """--config PATH[:ARG] with --config.KEY=VALUE overrides; read it with `config_value`."""
+def define_config_flag(
+  help_text: str, flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None
+) -> flags.FlagHolder:
+  """--config PATH[:ARG] with --config.KEY=VALUE overrides (found in `argv`, default sys.argv); read it with `config_value`."""
   return config_flags.DEFINE_config_file(
-    'config', None, f'(required) {help_text} PATH[:ARG]; override keys with --config.KEY=VALUE.', lock_config=True
+    'config',
+    None,
+    f'(required) {help_text} PATH[:ARG]; override keys with --config.KEY=VALUE.',
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
   )
 
 
@@ -100,12 +107,14 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     _fail(message)
 
 
-def config_value(flag: flags.FlagHolder, training: bool = True) -> ml_collections.ConfigDict:
+def config_value(
+  flag: flags.FlagHolder, training: bool = True, flag_values: flags.FlagValues = flags.FLAGS
+) -> ml_collections.ConfigDict:
   """The loaded --config with its overrides, validated (config_defaults.validate, the evaluators' registry)."""
   config = flag.value
   if config is None:
     raise UserError('--config is required (a config file such as configs/tiny.py)')
-  spec = flags.FLAGS[flag.name].config_filename
+  spec = config_flags.get_config_filename(flag_values[flag.name])
   path = spec.split(':', 1)[0]
   if not os.path.isfile(path):
     raise UserError(f'config file {path} not found')

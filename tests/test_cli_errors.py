@@ -18,7 +18,7 @@ CASES = [
   ),
   (
     ['superclip_jax.main', '--config', 'configs/tiny.py', '--workdir', '{tmp}/w', '--config.optim.learning_rate=fast'],
-    "--config.optim.learning_rate='fast': expected a float",
+    "flag --config.optim.learning_rate=fast: could not convert string to float: 'fast'",
   ),
   (
     ['superclip_jax.main', '--config', 'configs/tiny_shards.py:{tmp}/no_shards', '--workdir', '{tmp}/w'],

@@ -11,25 +11,21 @@ traceback. Anything that is not the user's mistake keeps its traceback.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import sys
 from typing import Any, Callable
 
 import ml_collections
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
 
-from superclip_jax import config_defaults, errors
+from superclip_jax import commands, config_defaults
 from superclip_jax.errors import UserError
 
 # The config flag is defined here for the entry point that calls define_config_flag: absl's
 # --help lists only the main module's flags, so it must be attributed to that caller.
 flags.disclaim_key_flags()
 
-_HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')  # absl's; each exits 1 after printing
 _OVERRIDE = re.compile(r'-{1,2}(?:no)?config\.([^=]+)')  # config_flags' own pattern for an override
 
 
@@ -47,17 +43,6 @@ def define_config_flag(
   )
 
 
-def _fail(message: str):
-  print(f'{errors.PROG[0]}: error: {message}', file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _chain(error: BaseException):
-  while error is not None:
-    yield error
-    error = error.__cause__ or error.__context__
-
-
 def _config_spec(argv: list[str]) -> str | None:
   for i, arg in enumerate(argv):
     if arg.startswith(('--config=', '-config=')):
@@ -68,13 +53,10 @@ def _config_spec(argv: list[str]) -> str | None:
 
 
 def _explain(error: Exception, argv: list[str]) -> str | None:
-  """The one-line message for a failure of absl's parse, or None for a failure that is not the user's."""
+  """commands.explain, plus what only the config flag can get wrong: its file, an unknown key."""
   spec = _config_spec(argv)
   if spec and not os.path.isfile(spec.split(':', 1)[0]):
     return f'config file {spec.split(":", 1)[0]} not found'
-  raised = [e for e in _chain(error) if isinstance(e, UserError)]
-  if raised:  # by a config file's get_config; config_flags re-raises it as the same type with a traceback as message
-    return str(raised[-1]).strip()
   if isinstance(error, (KeyError, AttributeError)):
     # config_flags names only the last part of an unknown key; the schema knows the whole key's neighbours.
     valid = config_defaults.flat_keys(config_defaults.default_config())
@@ -83,28 +65,12 @@ def _explain(error: Exception, argv: list[str]) -> str | None:
       if key not in valid and not key.startswith('evals.'):
         return config_defaults.unknown_key_message(key, valid, f'--config.{key}')
     return None
-  if isinstance(error, flags.Error):
-    text = str(error).strip()
-    if 'Traceback' in text:  # get_config failed, not with a UserError: config_flags put its traceback in the message
-      return text
-    return f'{text.splitlines()[0]} (try --helpfull)' if isinstance(error, flags.UnrecognizedFlagError) else text.splitlines()[0]
-  return None
+  return commands.explain(error, argv)
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """absl's flag parse, reporting a mistake in one line (exit 2) and --help with exit status 0."""
-  try:
-    return flag_values(argv)
-  except SystemExit as e:
-    # absl's --help / --helpfull print the help and exit 1; asking for help is not a failure.
-    if e.code == 1 and any(a.lstrip('-').split('=')[0] in _HELP_FLAGS for a in argv[1:]):
-      sys.exit(0)
-    raise
-  except Exception as e:
-    message = _explain(e, argv)
-    if message is None:
-      raise
-    _fail(message)
+  """commands.parse_flags, with the config flag's mistakes explained."""
+  return commands.parse_flags(argv, flag_values, _explain)
 
 
 def config_value(
@@ -128,25 +94,6 @@ def config_value(
   return config
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-class _OwnInfoOnly(logging.Filter):
-  """INFO from this package only: Orbax alone logs about 35 INFO lines per checkpoint save.
-
-  Warnings and errors from anywhere still show; --verbosity=1 (absl's flag) shows everything.
-  """
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or absl_logging.get_verbosity() >= 1 or record.pathname.startswith(_PACKAGE_DIR)
-
-
 def run(main: Callable[[list[str]], Any], prog: str) -> None:
-  """absl's app.run with one-line flag errors; errors are reported as `prog: error: ...`."""
-  errors.PROG[0] = prog
-
-  def quiet_main(argv):
-    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())  # app.run has installed the handler by now
-    return main(argv)
-
-  app.run(quiet_main, flags_parser=parse_flags)
+  """commands.run (absl's app.run, one-line errors as `prog: error: ...`) for an entry point with --config."""
+  commands.run(main, prog, _explain)

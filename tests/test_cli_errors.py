@@ -55,7 +55,7 @@ CASES = [
   (['superclip_jax.plot', '{tmp}/nothing'], 'no metrics.jsonl rows to plot'),
   (['superclip_jax.data.tokenizer', 'encode', '--tokenizer', '{tmp}/tok.json', 'a cat'], 'tok.json not found'),
   (
-    ['superclip_jax.data.tokenizer', 'train', '--captions', '{tmp}/none.txt', '--vocab-size', '300', '--out', '{tmp}/t'],
+    ['superclip_jax.data.tokenizer', 'train', '--captions', '{tmp}/none.txt', '--vocab_size', '300', '--out', '{tmp}/t'],
     'none.txt: no such file',
   ),
   (['superclip_jax.data.bench_input', '--shards', '{tmp}/nothing'], 'nothing/manifest.json: no manifest'),

@@ -5,7 +5,7 @@
   python -m superclip_jax.data.build --source tfds:cifar10:test --out DIR
   python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (eval_sources.py)
 
-One output shard per input tar (or per --records-per-shard items of a folder, benchmark
+One output shard per input tar (or per --records_per_shard items of a folder, benchmark
 or TFDS split), built in parallel worker processes. A finished shard is recorded by its
 `.stats.json`, so an interrupted build resumes where it stopped; the output depends only
 on the inputs and options (reproducible). Bad inputs are skipped or repaired and counted

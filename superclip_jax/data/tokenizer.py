@@ -13,7 +13,7 @@ its licence notice.
 
   python -m superclip_jax.data.tokenizer fetch
   python -m superclip_jax.data.tokenizer encode "a photo of a cat"
-  python -m superclip_jax.data.tokenizer train --captions FILE --vocab-size N --out tokenizer.json
+  python -m superclip_jax.data.tokenizer train --captions FILE --vocab_size N --out tokenizer.json
 """
 
 from __future__ import annotations

@@ -14,51 +14,60 @@ token classifier goes to token_classifier.safetensors beside the weights.
 
 from __future__ import annotations
 
-import argparse
+from absl import flags
 
-from superclip_jax.errors import user_errors
+from superclip_jax import commands
+from superclip_jax.errors import UserError, user_errors
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.convert', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_enum(
+    'from', None, ['openai', 'open_clip', 'hf'], 'Convert PyTorch weights of this kind to an export.', flag_values=v
   )
-  direction = parser.add_mutually_exclusive_group(required=True)
-  direction.add_argument('--from', dest='source_kind', choices=('openai', 'open_clip', 'hf'))
-  direction.add_argument('--to', dest='target_kind', choices=('hf', 'open_clip'))
-  parser.add_argument('--src', required=True)
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--image-heads', type=int, default=0, help='default: config.json, else width / 64')
-  parser.add_argument('--text-heads', type=int, default=0, help='default: config.json, else width / 64')
-  parser.add_argument(
-    '--quick-gelu',
-    choices=('true', 'false'),
-    default=None,
-    help='default: true for openai, config.json / open_clip_config.json, else false',
+  flags.DEFINE_enum(
+    'to', None, ['hf', 'open_clip'], 'Convert an export or a workdir to PyTorch weights of this kind.', flag_values=v
   )
-  parser.add_argument(
-    '--tokenizer', default='', help="tokenizer spec recorded in the export (default 'clip' when the vocabulary is 49,408)"
+  flags.mark_flags_as_mutual_exclusive(['from', 'to'], required=True, flag_values=v)
+  flags.DEFINE_string('src', None, 'What to convert.', required=True, flag_values=v)
+  flags.DEFINE_string('out', None, 'Where the converted model goes.', required=True, flag_values=v)
+  flags.DEFINE_integer('image_heads', 0, 'Default: config.json, else width / 64.', flag_values=v)
+  flags.DEFINE_integer('text_heads', 0, 'Default: config.json, else width / 64.', flag_values=v)
+  flags.DEFINE_bool(
+    'quick_gelu', None, 'Default: true for openai, config.json / open_clip_config.json, else false.', flag_values=v
   )
-  parser.add_argument('--format', choices=('safetensors', 'bin'), default='safetensors', help='--to open_clip')
-  args = parser.parse_args(argv)
+  flags.DEFINE_string(
+    'tokenizer', '', "Tokenizer spec recorded in the export (default 'clip' when the vocabulary is 49,408).", flag_values=v
+  )
+  flags.DEFINE_enum(
+    'format', 'safetensors', ['safetensors', 'bin'], 'With --to open_clip: the weights file format.', flag_values=v
+  )
+
+
+def _convert(v: flags.FlagValues, args: list[str]) -> None:
   with user_errors('superclip_jax.convert'):
+    if args:
+      raise UserError(f'unexpected arguments: {args}')
     from superclip_jax.interop import conversions
 
-    if args.source_kind:
-      quick = None if args.quick_gelu is None else args.quick_gelu == 'true'
+    if v['from'].value:
       print(
         conversions.convert_in(
-          args.source_kind,
-          args.src,
-          args.out,
-          args.tokenizer,
-          quick_gelu=quick,
-          image_heads=args.image_heads,
-          text_heads=args.text_heads,
+          v['from'].value,
+          v.src,
+          v.out,
+          v.tokenizer,
+          quick_gelu=v.quick_gelu,
+          image_heads=v.image_heads,
+          text_heads=v.text_heads,
         )
       )
     else:
-      print(conversions.convert_out(args.target_kind, args.src, args.out, args.format))
+      print(conversions.convert_out(v.to, v.src, v.out, v.format))
+
+
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.convert` (argv None), or its flags as a list, in this process."""
+  commands.command('superclip_jax.convert', _define_flags, _convert, argv)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 
-PROG = ['superclip_jax']  # the command's name in error lines (cli.run sets it)
+PROG = ['superclip_jax']  # the command's name in error lines (commands.run sets it)
 
 
 class UserError(ValueError):

@@ -12,7 +12,6 @@ fine-tuning), which `load` sets aside as `LoadedModel.token_classifier`.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -23,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 
-from superclip_jax import checkpoint, storage
+from superclip_jax import checkpoint, commands, storage
 from superclip_jax.errors import UserError, user_errors
 from superclip_jax.models import vit
 from superclip_jax.models.superclip import ModelConfig, ModelDef
@@ -191,16 +191,22 @@ def load(directory: str) -> LoadedModel:
   return LoadedModel(directory)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--step', type=int, default=None, help='default: the newest checkpoint')
-  args = parser.parse_args(argv)
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'Training workdir whose checkpoint to export.', required=True, flag_values=v)
+  flags.DEFINE_string('out', None, 'Where the export goes (MODEL).', required=True, flag_values=v)
+  flags.DEFINE_integer('step', None, 'This checkpoint step (default: the newest).', flag_values=v)
+
+
+def _export(v: flags.FlagValues, args: list[str]) -> None:
   with user_errors('superclip_jax.export'):
-    print(export(args.workdir, args.out, args.step))
+    if args:
+      raise UserError(f'unexpected arguments: {args}')
+    print(export(v.workdir, v.out, v.step))
+
+
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.export` (argv None), or its flags as a list, in this process."""
+  commands.command('superclip_jax.export', _define_flags, _export, argv)
 
 
 if __name__ == '__main__':

@@ -12,14 +12,15 @@ default WORKDIR/curves.png of the first run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import math
 import os
 from typing import Any
 
-from superclip_jax import losses, metric_writers, storage
+from absl import flags
+
+from superclip_jax import commands, losses, metric_writers, storage
 from superclip_jax.errors import UserError, user_errors
 
 _TRAIN_PANELS = (
@@ -153,15 +154,20 @@ def plot(workdirs: list[str], out: str | None = None) -> str:
   return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.plot', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument('workdirs', nargs='+')
-  parser.add_argument('--out', default=None, help='PNG path (default: the first WORKDIR/curves.png)')
-  args = parser.parse_args(argv)
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('out', None, 'PNG path (default: the first WORKDIR/curves.png).', flag_values=v)
+
+
+def _plot(v: flags.FlagValues, workdirs: list[str]) -> None:
   with user_errors('superclip_jax.plot'):
-    print(plot(args.workdirs, args.out))
+    if not workdirs:
+      raise UserError('give at least one WORKDIR to plot')
+    print(plot(workdirs, v.out))
+
+
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.plot` (argv None), or its arguments as a list, in this process."""
+  commands.command('superclip_jax.plot', _define_flags, _plot, argv)
 
 
 if __name__ == '__main__':

@@ -194,7 +194,7 @@ def test_folder_rows_repeating_an_image_and_chunks(tmp_path):
   folder.mkdir()
   for i in range(3):
     Image.fromarray(corpus.picture(i)).save(folder / f'{i}.jpg')
-  # Several captions of one image, across --records-per-shard chunks: each is its own sample.
+  # Several captions of one image, across --records_per_shard chunks: each is its own sample.
   rows = [('0.jpg', 'zero'), ('1.jpg', 'one'), ('0.jpg', 'zero again'), ('2.jpg', 'two'), ('0.jpg', 'zero thrice')]
   (folder / 'captions.jsonl').write_text('\n'.join(json.dumps({'image': i, 'caption': c}) for i, c in rows))
   manifest = build.build(f'folder:{folder}', str(tmp_path / 'out'), records_per_shard=2, progress=False)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from superclip_jax import config_defaults, losses
+from superclip_jax import config_defaults, errors, losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -92,3 +92,73 @@ def test_cli_rejects_misspelled_override():
   )
   assert proc.returncode != 0
   assert "unknown config key 'loss.token_wieght'" in proc.stderr and "did you mean 'loss.token_weight'" in proc.stderr
+
+
+def _parsed(*args, config='configs/tiny.py'):
+  """--config CONFIG ARGS parsed as an entry point does (cli.parse_flags), on flags of its own."""
+  from absl import flags
+
+  from superclip_jax import cli
+
+  values = flags.FlagValues()
+  argv = ['prog', '--config', os.path.join(ROOT, config), *args]
+  holder = cli.define_config_flag('test', flag_values=values, argv=argv)
+  cli.parse_flags(argv, values)
+  return cli.config_value(holder, training=False, flag_values=values)
+
+
+def test_overrides_of_every_type():
+  c = _parsed(
+    '--config.model.quick_gelu=True',
+    '--config.mesh.shape=(2,2,2)',
+    '--config.data.crop_scale=(0.5,1.0)',
+    '--config.data.workers=0',
+    '--config.loss.token_weight=0',
+    '--config.optim.frozen=image_tower/.*',
+    '--config.seed',
+    '7',
+  )
+  assert c.model.quick_gelu is True
+  assert c.mesh.shape == (2, 2, 2) and c.data.crop_scale == (0.5, 1.0)
+  assert c.data.workers == 0 and isinstance(c.data.workers, int)  # a FieldReference of 'auto' or an int
+  assert c.loss.token_weight == 0.0 and isinstance(c.loss.token_weight, float)
+  assert c.optim.frozen == 'image_tower/.*' and c.seed == 7
+  assert _parsed('--config.data.workers=auto', '--noconfig.model.scan_layers').data.workers == 'auto'
+
+
+def test_path_arg_reaches_get_config():
+  c = _parsed('--config.data.global_batch_size=32', config='configs/demo_mnist.py:steps=12')
+  assert c.total_steps == 12 and c.data.global_batch_size == 32
+
+
+@pytest.mark.parametrize(
+  'args,config,message',
+  [
+    (
+      ['--config.optim.learning_rat=1e-3'],
+      'configs/tiny.py',
+      "unknown config key 'optim.learning_rat' (--config.optim.learning_rat); did you mean 'optim.learning_rate'?",
+    ),
+    (
+      ['--config.loss.cls_weight=1'],
+      'configs/tiny.py',
+      "config key 'loss.cls_weight' (--config.loss.cls_weight) was renamed 'loss.token_weight'",
+    ),
+    (
+      ['--config.optim.learning_rate=fast'],
+      'configs/tiny.py',
+      "flag --config.optim.learning_rate=fast: could not convert string to float: 'fast'",
+    ),
+    (['--config.model.quick_gelu=maybe'], 'configs/tiny.py', 'flag --config.model.quick_gelu=maybe'),
+    ([], 'configs/demo_mnist.py:stepz=3', "configs/demo_mnist.py: unknown config argument 'stepz' (known: steps)"),
+    ([], 'configs/nope.py', 'configs/nope.py not found'),
+    (['--config.seed=1'], 'configs/nope.py', 'configs/nope.py not found'),
+  ],
+)
+def test_override_mistakes_are_one_line(capsys, args, config, message):
+  with pytest.raises(SystemExit) as e:
+    with errors.user_errors('prog'):
+      _parsed(*args, config=config)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and ': error: ' in err and message in err, err

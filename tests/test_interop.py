@@ -207,7 +207,7 @@ def test_bad_state_dicts_are_one_line_user_errors(tmp_path, capsys):
 
   assert int(352 * openclip._mlp_ratio(np.zeros((480, 1)), 352)) == 480
   # Width 100 is no multiple of 64: the heads must be given.
-  with pytest.raises(UserError, match='--image-heads'):
+  with pytest.raises(UserError, match='--image_heads'):
     openclip.infer_config(
       {
         'visual.conv1.weight': np.zeros((100, 3, 8, 8)),
@@ -294,7 +294,7 @@ def _small_superclip(tmp_path):
   tensors.write_safetensors(src, {k: v.numpy() for k, v in sd.items()})
   out = str(tmp_path / 'converted')
   # Width 64 would mean one head by OpenAI's rule: this model has two.
-  convert.main(['--from', 'open_clip', '--src', src, '--out', out, '--image-heads', '2', '--text-heads', '2'])
+  convert.main(['--from', 'open_clip', '--src', src, '--out', out, '--image_heads', '2', '--text_heads', '2'])
   config = small_config()
   config.init_from = out
   config.log_every_steps = 1

@@ -55,7 +55,7 @@ def test_train_bpe_and_load_tokenizer_json(tmp_path):
       'train',
       '--captions',
       str(captions),
-      '--vocab-size',
+      '--vocab_size',
       '300',
       '--out',
       str(out),

@@ -17,7 +17,6 @@ and all cores' worth of Grain worker processes (--workers): images/s per trainin
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+from absl import flags
 
 
 def synthesize_shards(out_dir: str, count: int, side: int = 256, seed: int = 0) -> str:
@@ -155,34 +155,43 @@ def run(
   return results
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.data.bench_input', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('shards', '', 'Shards to read (default: --synthesize them).', flag_values=v)
+  flags.DEFINE_integer('synthesize', 0, 'Make shards of N ~256-px JPEGs first (default 1000).', flag_values=v)
+  flags.DEFINE_integer('size', 224, 'Output image side in pixels.', flag_values=v)
+  flags.DEFINE_float('seconds', 3.0, 'Minimum time per stage.', flag_values=v)
+  flags.DEFINE_list(
+    'workers', [], 'Worker counts for the end-to-end rate (default: 1, 2 and every core of this process).', flag_values=v
   )
-  parser.add_argument('--shards', default='')
-  parser.add_argument('--synthesize', type=int, default=0, help='make shards of N ~256-px JPEGs first')
-  parser.add_argument('--size', type=int, default=224)
-  parser.add_argument('--seconds', type=float, default=3.0, help='minimum time per stage')
-  parser.add_argument(
-    '--workers',
-    default='',
-    help='comma-separated worker counts for the end-to-end rate (default: 1, 2 and every core of this process)',
-  )
-  args = parser.parse_args(argv)
+
+
+def _bench(v: flags.FlagValues, args: list[str]) -> None:
   os.environ.setdefault('OMP_NUM_THREADS', '1')
-  from superclip_jax.errors import user_errors
+  from superclip_jax.errors import UserError, user_errors
 
   with user_errors('superclip_jax.data.bench_input'), tempfile.TemporaryDirectory() as tmp:
-    shards = args.shards or synthesize_shards(tmp, args.synthesize or 1000)
-    counts = tuple(int(w) for w in args.workers.split(',') if w) or tuple(default_worker_counts())
-    r = run(shards, args.size, min_seconds=args.seconds, worker_counts=counts)
-  print(f'source images: shorter side {r["mean_source_side"]:.0f} px; output {args.size} px; one process, one core')
+    if args:
+      raise UserError(f'unexpected arguments: {args}')
+    shards = v.shards or synthesize_shards(tmp, v.synthesize or 1000)
+    try:
+      counts = tuple(int(w) for w in v.workers) or tuple(default_worker_counts())
+    except ValueError:
+      raise UserError(f'--workers={",".join(v.workers)}: worker counts are whole numbers, such as 1,2,8') from None
+    r = run(shards, v.size, min_seconds=v.seconds, worker_counts=counts)
+  print(f'source images: shorter side {r["mean_source_side"]:.0f} px; output {v.size} px; one process, one core')
   for stage in ('decode', 'decode_pil', 'openclip_pil', 'decode_augment', 'pipeline'):
     print(f'{stage:15s} {r[stage]:8.0f} images/s per core   ({r[stage] / r["decode"]:.2f} x decode)')
   print(f'pipeline / OpenCLIP-style PIL: {r["pipeline_over_openclip_pil"]:.2f}')
   for key in sorted((k for k in r if k.startswith('pipeline_workers_')), key=lambda k: int(k.rsplit('_', 1)[1])):
     print(f'pipeline with {key.rsplit("_", 1)[1]} worker process(es): {r[key]:8.0f} images/s per training process')
-  print(json.dumps({k: round(v, 1) for k, v in r.items()}))
+  print(json.dumps({k: round(x, 1) for k, x in r.items()}))
+
+
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.data.bench_input` (argv None), or its flags as a list, in this process."""
+  from superclip_jax import commands
+
+  commands.command('superclip_jax.data.bench_input', _define_flags, _bench, argv)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@
   python -m superclip_jax.data.build --source tfds:cifar10:test --out DIR
   python -m superclip_jax.data.build --source imagenet:/data/ILSVRC2012 --out DIR   (eval_sources.py)
 
-One output shard per input tar (or per --records-per-shard items of a folder, benchmark
+One output shard per input tar (or per --records_per_shard items of a folder, benchmark
 or TFDS split), built in parallel worker processes. A finished shard is recorded by its
 `.stats.json`, so an interrupted build resumes where it stopped; the output depends only
 on the inputs and options (reproducible). Bad inputs are skipped or repaired and counted
@@ -25,7 +25,6 @@ is cheap next to decoding; a remote one is downloaded twice).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import functools
@@ -40,6 +39,7 @@ import tempfile
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from absl import flags
 
 from superclip_jax import storage, workdir_lock
 from superclip_jax.data import eval_sources, images, records, remote, sources, tfds_source
@@ -509,69 +509,70 @@ def write_manifest(out_dir, shard_stats, tok, classes, source, options) -> dict[
   return manifest
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.data.build', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument(
-    '--source',
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    'source',
+    None,
+    'What to build from: ' + ', '.join(SOURCE_FORMS) + '. PATTERN: local tars with {000..099} ranges, or '
+    'http(s)://, gs://, s3:// URLs, or pipe:COMMAND; DIR: images with a captions.jsonl or captions.csv, or class '
+    'sub-folders of images (local or a URL).',
     required=True,
-    help=(
-      'what to build from: ' + ', '.join(SOURCE_FORMS) + '. PATTERN: local tars with {000..099} ranges, or '
-      'http(s)://, gs://, s3:// URLs, or pipe:COMMAND; DIR: images with a captions.jsonl or captions.csv, or class '
-      'sub-folders of images (local or a URL)'
-    ),
+    flag_values=v,
   )
-  parser.add_argument('--out', required=True, help='a folder, or a URL every worker can write (gs://, s3://)')
-  parser.add_argument('--tokenizer', default='clip', help="'clip' or a tokenizer.json path")
-  parser.add_argument('--context-length', type=int, default=77)
-  parser.add_argument('--long-context-length', type=int, default=256)
-  parser.add_argument('--max-side', type=int, default=0, help='downscale larger images (0: keep)')
-  parser.add_argument('--records-per-shard', type=int, default=5000)
-  parser.add_argument('--template', default='a photo of a {}.', help='caption of ImageFolder / label classes')
-  parser.add_argument('--workers', type=int, default=0, help='processes (0: one per core)')
-  parser.add_argument('--tfds-data-dir', default=None)
-  parser.add_argument(
-    '--runner', default='local', choices=['local', 'beam'], help="'beam': Apache Beam (DirectRunner here; same output as local)"
+  flags.DEFINE_string('out', None, 'A folder, or a URL every worker can write (gs://, s3://).', required=True, flag_values=v)
+  flags.DEFINE_string('tokenizer', 'clip', "'clip' or a tokenizer.json path.", flag_values=v)
+  flags.DEFINE_integer('context_length', 77, 'Token length of the captions.', flag_values=v)
+  flags.DEFINE_integer('long_context_length', 256, 'Token length of the long captions.', flag_values=v)
+  flags.DEFINE_integer('max_side', 0, 'Downscale larger images (0: keep).', flag_values=v)
+  flags.DEFINE_integer('records_per_shard', 5000, 'Items of a folder, benchmark or TFDS split per shard.', flag_values=v)
+  flags.DEFINE_string('template', 'a photo of a {}.', 'Caption of ImageFolder / label classes.', flag_values=v)
+  flags.DEFINE_integer('workers', 0, 'Processes (0: one per core).', flag_values=v)
+  flags.DEFINE_string('tfds_data_dir', None, 'TFDS data directory.', flag_values=v)
+  flags.DEFINE_enum(
+    'runner', 'local', ['local', 'beam'], "'beam': Apache Beam (DirectRunner here; same output as local).", flag_values=v
   )
-  parser.add_argument(
-    '--max-member-bytes',
-    type=int,
-    default=sources.MAX_MEMBER_BYTES,
-    help='tar members larger than this are skipped unread and counted',
+  flags.DEFINE_integer(
+    'max_member_bytes', sources.MAX_MEMBER_BYTES, 'Tar members larger than this are skipped unread and counted.', flag_values=v
   )
-  parser.add_argument(
-    '--overwrite', action='store_true', help='delete what --out holds first when it was built from other inputs or options'
+  flags.DEFINE_bool(
+    'overwrite', False, 'Delete what --out holds first when it was built from other inputs or options.', flag_values=v
   )
-  args = parser.parse_args(argv)
+
+
+def _build(v: flags.FlagValues, args: list[str]) -> None:
   from superclip_jax.errors import user_errors
 
   with user_errors('superclip_jax.data.build'):
-    _main(args)
+    if args:
+      raise UserError(f'unexpected arguments: {args}')
+    manifest = build(
+      v.source,
+      v.out,
+      tokenizer=v.tokenizer,
+      context_length=v.context_length,
+      long_context_length=v.long_context_length,
+      max_side=v.max_side,
+      records_per_shard=v.records_per_shard,
+      template=v.template,
+      workers=v.workers,
+      data_dir=v.tfds_data_dir,
+      runner=v.runner,
+      overwrite=v.overwrite,
+      max_member_bytes=v.max_member_bytes,
+    )
+    print(
+      f'{manifest["num_records"]} records in {len(manifest["shards"])} shards at {v.out}; '
+      f'skipped {manifest["skipped"] or "none"}; repaired {manifest["repaired"] or "none"}'
+    )
+    if not manifest['num_records']:
+      raise UserError(f'no records built from {v.source} (skipped: {manifest["skipped"] or "none"}): nothing to train on')
 
 
-def _main(args):
-  manifest = build(
-    args.source,
-    args.out,
-    tokenizer=args.tokenizer,
-    context_length=args.context_length,
-    long_context_length=args.long_context_length,
-    max_side=args.max_side,
-    records_per_shard=args.records_per_shard,
-    template=args.template,
-    workers=args.workers,
-    data_dir=args.tfds_data_dir,
-    runner=args.runner,
-    overwrite=args.overwrite,
-    max_member_bytes=args.max_member_bytes,
-  )
-  print(
-    f'{manifest["num_records"]} records in {len(manifest["shards"])} shards at {args.out}; '
-    f'skipped {manifest["skipped"] or "none"}; repaired {manifest["repaired"] or "none"}'
-  )
-  if not manifest['num_records']:
-    raise UserError(f'no records built from {args.source} (skipped: {manifest["skipped"] or "none"}): nothing to train on')
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.data.build` (argv None), or its flags as a list, in this process."""
+  from superclip_jax import commands
+
+  commands.command('superclip_jax.data.build', _define_flags, _build, argv)
 
 
 if __name__ == '__main__':

@@ -102,7 +102,7 @@ def _label(value: Any) -> Any:
 
 
 # Tar members larger than this are skipped unread (an image is megabytes; a .tar.gz can
-# expand a tiny download into gigabytes). data.build --max-member-bytes changes it.
+# expand a tiny download into gigabytes). data.build --max_member_bytes changes it.
 MAX_MEMBER_BYTES = 256 * 2**20
 _LINK_CACHE_BYTES = 64 * 2**20
 

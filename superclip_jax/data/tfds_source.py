@@ -1,6 +1,6 @@
 """TFDS datasets as builder items, read through `tfds.data_source` (ArrayRecord): no TensorFlow.
 
-  --source tfds:NAME[:SPLIT]   (split 'train' by default; --tfds-data-dir DIR)
+  --source tfds:NAME[:SPLIT]   (split 'train' by default; --tfds_data_dir DIR)
 
 The dataset must be prepared in ArrayRecord format (`download_and_prepare(file_format=
 'array_record')`, or `tfds build --file_format=array_record`); TFRecord-only datasets need

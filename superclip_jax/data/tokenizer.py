@@ -13,12 +13,11 @@ its licence notice.
 
   python -m superclip_jax.data.tokenizer fetch
   python -m superclip_jax.data.tokenizer encode "a photo of a cat"
-  python -m superclip_jax.data.tokenizer train --captions FILE --vocab-size N --out tokenizer.json
+  python -m superclip_jax.data.tokenizer train --captions FILE --vocab_size N --out tokenizer.json
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import hashlib
@@ -28,6 +27,7 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from absl import flags
 
 from superclip_jax.data import records, wheel_files
 from superclip_jax.errors import UserError
@@ -235,40 +235,57 @@ def train_bpe(captions: Iterable[str], vocab_size: int, out_path: str) -> Tokeni
   return hf_tokenizer(out_path)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-    prog='python -m superclip_jax.data.tokenizer', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  sub = parser.add_subparsers(dest='command', required=True)
-  sub.add_parser('fetch', help='cache the CLIP BPE vocabulary (from the open-clip-torch wheel)')
-  enc = sub.add_parser('encode', help='print the ids of texts')
-  enc.add_argument('texts', nargs='+')
-  enc.add_argument('--tokenizer', default='clip')
-  enc.add_argument('--context-length', type=int, default=77)
-  tr = sub.add_parser('train', help='train a BPE on a captions file (one caption per line)')
-  tr.add_argument('--captions', required=True)
-  tr.add_argument('--vocab-size', type=int, required=True)
-  tr.add_argument('--out', required=True)
-  args = parser.parse_args(argv)
+_COMMAND_FLAGS = {'fetch': (), 'encode': ('tokenizer', 'context_length'), 'train': ('captions', 'vocab_size', 'out')}
+
+
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('tokenizer', 'clip', "encode: 'clip', a tokenizer.json path or an HF tokenizer name.", flag_values=v)
+  flags.DEFINE_integer('context_length', 77, 'encode: pad or truncate the ids to this length.', flag_values=v)
+  flags.DEFINE_string('captions', None, 'train (required): a captions file, one caption per line.', flag_values=v)
+  flags.DEFINE_integer('vocab_size', None, 'train (required): the vocabulary size.', flag_values=v)
+  flags.DEFINE_string('out', None, 'train (required): where tokenizer.json goes.', flag_values=v)
+
+
+def _tokenizer_command(v: flags.FlagValues, args: list[str]) -> None:
   from superclip_jax.errors import user_errors
 
   with user_errors('superclip_jax.data.tokenizer'):
-    if args.command == 'fetch':
+    command, texts = (args[0], args[1:]) if args else ('', [])
+    if command not in _COMMAND_FLAGS:
+      raise UserError('give a command: fetch, encode TEXT [TEXT ...] or train' + (f' (not {command!r})' if command else ''))
+    misplaced = [
+      f'--{name}' for name in sum(_COMMAND_FLAGS.values(), ()) if v[name].present and name not in _COMMAND_FLAGS[command]
+    ]
+    if misplaced:
+      raise UserError(f'{command} does not take {", ".join(misplaced)}')
+    if command == 'fetch':
+      if texts:
+        raise UserError(f'fetch takes no arguments, got {texts}')
       print(fetch_clip_merges())
-    elif args.command == 'encode':
-      tok = load_tokenizer(args.tokenizer, args.context_length)
-      for text, row in zip(args.texts, tok(args.texts)):
+    elif command == 'encode':
+      if not texts:
+        raise UserError('encode: give the texts to encode')
+      tok = load_tokenizer(v.tokenizer, v.context_length)
+      for text, row in zip(texts, tok(texts)):
         print(json.dumps({'text': text, 'ids': row.tolist()}))
     else:
-      if not os.path.isfile(args.captions):
-        raise UserError(f'--captions {args.captions}: no such file')
-      with open(args.captions, encoding='utf-8') as f:
-        tok = train_bpe((line.strip() for line in f if line.strip()), args.vocab_size, args.out)
+      missing = [f'--{name}' for name in _COMMAND_FLAGS['train'] if v[name].value is None]
+      if missing or texts:
+        raise UserError(f'train needs {", ".join(missing)}' if missing else f'train takes no arguments, got {texts}')
+      if not os.path.isfile(v.captions):
+        raise UserError(f'--captions {v.captions}: no such file')
+      with open(v.captions, encoding='utf-8') as f:
+        tok = train_bpe((line.strip() for line in f if line.strip()), v.vocab_size, v.out)
       print(
-        json.dumps(
-          {'out': args.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id, 'eot_id': tok.eot_id, 'pad_id': tok.pad_id}
-        )
+        json.dumps({'out': v.out, 'vocab_size': tok.vocab_size, 'sot_id': tok.sot_id, 'eot_id': tok.eot_id, 'pad_id': tok.pad_id})
       )
+
+
+def main(argv: list[str] | None = None):
+  """`python -m superclip_jax.data.tokenizer COMMAND` (argv None), or its arguments as a list, in this process."""
+  from superclip_jax import commands
+
+  commands.command('superclip_jax.data.tokenizer', _define_flags, _tokenizer_command, argv)
 
 
 if __name__ == '__main__':

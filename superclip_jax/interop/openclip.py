@@ -71,7 +71,7 @@ def _heads(width: int, given: int, what: str) -> int:
     return given
   if width % 64:
     raise UserError(
-      f'{what} width {width} is not a multiple of 64: give its number of heads (--{what}-heads); a state dict does not store it'
+      f'{what} width {width} is not a multiple of 64: give its number of heads (--{what}_heads); a state dict does not store it'
     )
   return width // 64
 

@@ -196,6 +196,7 @@ def torch_step(args, s: dict, images, ids, fused: bool = True):
       model.logit_scale.clamp_(0, 4.6052)  # CLIP's clamp to ln 100, as superclip_jax does
     return float(loss.detach())
 
+  step.model, step.head = model, head  # for tests: the weights its first step starts from
   return step, sum(p.numel() for p in params)
 
 

@@ -91,6 +91,15 @@ def test_bench_on_tiny_prints_every_figure_as_json():
   assert not missing, missing
   assert report['devices'] == 1 and report['global_batch'] == 8 and np.isfinite(report['loss'])
   assert report['step_time_s'] > 0 and report['mfu'] > 0 and report['superclip_over_clip_step_ratio'] > 0
+  # MFU from the reported fields it is made of: the analytic FLOPs of tiny at batch 8 over the median step, over the peak.
+  from superclip_jax import config_defaults, flops
+  from superclip_jax.models.superclip import ModelConfig
+
+  tiny = config_defaults.load_config_file(os.path.join(ROOT, 'configs', 'tiny.py'))
+  assert report['model_flops_per_step'] == pytest.approx(flops.analytic_step_flops(ModelConfig.from_config(tiny), 8))
+  assert report['achieved_flops_per_sec'] == pytest.approx(report['model_flops_per_step'] / report['step_time_s'])
+  assert report['mfu'] == pytest.approx(report['achieved_flops_per_sec'] / report['peak_flops_per_sec'])
+  assert report['step_time_min_s'] <= report['step_time_s']
   assert report['peak_source'].startswith('measured') and 'BLAS' in report['peak_source']  # no table entry for a CPU
   # The peak is the median of the matmul's turns among the steps, so it lies within their range.
   low, high = report['peak_flops_per_sec_range']
@@ -260,3 +269,79 @@ def test_openclip_style_transform_is_a_normalised_chw_crop():
   out = bench_input.openclip_style(jpeg, 224, np.random.default_rng(0))
   assert out.shape == (3, 224, 224) and out.dtype == np.float32
   np.testing.assert_allclose(out[:, 100, 100], (128 / 255 - CLIP_MEAN) / CLIP_STD, atol=0.02)
+
+
+def test_vs_pytorch_steps_compute_the_same_loss_from_the_same_weights():
+  # The benchmark's two steps start from their own random weights; here the PyTorch model's weights, converted
+  # (superclip_jax.interop, as `convert --from hf` reads them, the head as the SuperCLIP layout's), replace the JAX
+  # step's: on the same batch the first losses must then agree to float32 rounding, contrastive and token terms alike.
+  pytest.importorskip('torch', reason='the PyTorch comparison needs torch and transformers: the interop extra')
+  pytest.importorskip('transformers', reason='the PyTorch comparison needs torch and transformers: the interop extra')
+  import jax
+
+  from superclip_jax.interop import hf, openclip
+
+  spec = importlib.util.spec_from_file_location('vs_pytorch', os.path.join(ROOT, 'benchmarks', 'vs_pytorch.py'))
+  vs_pytorch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(vs_pytorch)
+  args = vs_pytorch.parse_args(['--tiny'])
+  s = vs_pytorch.sizes(args)
+  config = vs_pytorch.jax_config(args, s)
+  config.mesh.shape = (-1, 1, 1)  # this session's 8 CPU devices, not the benchmark's one
+  config.optim.warmup_steps = 10  # a non-zero learning rate at step 1: the replaced weights are what the loss sees
+  jax_step = bench_step.Step(config)
+  batch = {k: np.asarray(v) for k, v in jax_step.batch.items()}
+  torch_step, _ = vs_pytorch.torch_step(args, s, batch['images'], batch['text'])
+  sd = {k: v.detach().numpy().copy() for k, v in torch_step.model.state_dict().items()}
+  sd, hints = hf.to_openclip(sd, torch_step.model.config.to_dict())
+  norm, linear = torch_step.head
+  sd['text_decoder.ln_mlp.weight'], sd['text_decoder.ln_mlp.bias'] = norm.weight.detach().numpy(), norm.bias.detach().numpy()
+  sd['text_decoder.text_projection.weight'] = linear.weight.detach().numpy()
+  sd['text_decoder.text_projection.bias'] = linear.bias.detach().numpy()
+  cfg = openclip.infer_config(sd, quick_gelu=True, image_heads=hints['image_heads'], text_heads=hints['text_heads'])
+  params = openclip.to_params(sd, cfg)
+  state_params = jax_step.state.params
+  assert jax.tree.structure(params) == jax.tree.structure(jax.tree.map(np.asarray, state_params))
+  jax_step.state = jax_step.state.replace(
+    params=jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), params, state_params)
+  )
+  jax_step()
+  jax_loss = jax_step.last_metrics()['loss']
+  torch_loss = torch_step()  # its loss is computed before its update
+  print(f'first loss from the same weights: jax {jax_loss:.7f}, torch {torch_loss:.7f}')
+  assert abs(jax_loss - torch_loss) < 1e-4  # dropping the first patch token from the head's mean moves it 9e-4
+
+
+def test_bench_report_figures_follow_from_the_timed_turns(monkeypatch):
+  # The real tiny steps (8 devices), timed turns replaced by known ones: every rate in the report is the one the
+  # turns give, medians (not means or minima) of the right lists, the batch and device count of the run.
+  from superclip_jax import config_defaults, flops
+  from superclip_jax.models.superclip import ModelConfig
+
+  turns = {'superclip': [0.3, 0.1, 0.2, 0.9, 0.25], 'clip': [0.05, 0.1, 0.15, 0.2, 0.12], 'peak': [0.01, 0.04, 0.02, 0.05, 0.03]}
+
+  class FakePeak:
+    flops_per_call, library = 1e9, 'numpy'
+
+    def __init__(self, size):
+      pass
+
+  def fake_times(fns, steps, warmup=0):
+    assert sorted(fns) == ['clip', 'peak', 'superclip'] and steps == 5
+    return {k: list(turns[k]) for k in fns}
+
+  monkeypatch.setattr(bench_step, 'PeakMatmul', FakePeak)
+  monkeypatch.setattr(bench_step, 'interleaved_times', fake_times)
+  config = config_defaults.load_config_file(os.path.join(ROOT, 'configs', 'tiny.py'))
+  config.data.global_batch_size = 16
+  report = bench_step.run(config, steps=5, warmup=0, compare_clip=True)
+  assert report['devices'] == 8 and report['global_batch'] == 16
+  assert report['step_time_s'] == 0.25 and report['step_time_min_s'] == 0.1
+  assert report['images_per_sec'] == pytest.approx(16 / 0.25) and report['images_per_sec_per_device'] == pytest.approx(2 / 0.25)
+  assert report['clip_step_time_s'] == 0.12 and report['superclip_over_clip_step_ratio'] == pytest.approx(0.25 / 0.12)
+  assert report['peak_flops_per_sec'] == pytest.approx(1e9 / 0.03)
+  assert report['peak_flops_per_sec_range'] == pytest.approx([2e10, 1e11])
+  model_flops = flops.analytic_step_flops(ModelConfig.from_config(config), 16)
+  assert report['model_flops_per_step'] == pytest.approx(model_flops)
+  assert report['achieved_flops_per_sec'] == pytest.approx(model_flops / 0.25)
+  assert report['mfu'] == pytest.approx(model_flops / 0.25 / (1e9 / 0.03))

@@ -254,13 +254,21 @@ def test_preprocess_matches_open_clip_eval_transform(size, hf_model):
     )
 
 
-def _tiny_image_folder(root, classes=('cat', 'dog'), per_class=4):
+def _tiny_image_folder(root, classes=('cat', 'dog'), per_class=4, picture=None):
   from PIL import Image
 
-  for label, name in enumerate(classes):
+  counts = per_class if isinstance(per_class, (tuple, list)) else [per_class] * len(classes)
+  for label, (name, n) in enumerate(zip(classes, counts)):
     os.makedirs(root / name, exist_ok=True)
-    for i in range(per_class):
-      Image.fromarray(corpus.picture(10 * label + i, (48, 40))).save(root / name / f'{i}.jpg')
+    for i in range(n):
+      Image.fromarray((picture or corpus.picture)(10 * label + i, (48, 40))).save(root / name / f'{i}.jpg')
+
+
+def _contrasting_picture(seed, wh):
+  """Pictures a random network tells apart: a class's own brightness and colour, noise on top (seed = 10 * label + i)."""
+  rng = np.random.default_rng(seed)
+  base = np.array([[20, 20, 20], [230, 40, 40], [240, 240, 240]])[seed // 10 % 3]
+  return np.clip(base + rng.normal(0, 25, (wh[1], wh[0], 3)), 0, 255).astype(np.uint8)
 
 
 def test_converted_model_evaluates(hf_model, tmp_path):
@@ -268,18 +276,71 @@ def test_converted_model_evaluates(hf_model, tmp_path):
   from superclip_jax.data import build
   from superclip_jax.evals.registry import evaluator
 
-  _tiny_image_folder(tmp_path / 'images')
+  _tiny_image_folder(tmp_path / 'images', classes=('bird', 'cat', 'dog'), per_class=(3, 4, 5), picture=_contrasting_picture)
   shards = str(tmp_path / 'shards')
   build.build(f'folder:{tmp_path / "images"}', shards, template='a photo of a {}.', progress=False)
   config = config_defaults.default_config()
-  config.evals.zeroshot = evaluator(
-    kind='zeroshot', shards=shards, class_names='manifest', templates=('a photo of a {}.',), batch_size=8
-  )
+  templates = ('a photo of a {}.', 'a drawing of a {}.')
+  config.evals.zeroshot = evaluator(kind='zeroshot', shards=shards, class_names='manifest', templates=templates, batch_size=8)
   config.evals.retrieval = evaluator(kind='retrieval', shards=shards, batch_size=8, match='label')
   result = evaluate.evaluate(config, model_dir=hf_model[2])
   assert result['model'] == hf_model[2]
-  for key in ('zeroshot/zeroshot/top1', 'retrieval/retrieval/image_to_text_r1'):
-    assert 0.0 <= result[key] <= 1.0, result
+  # The same evaluations done apart: the original transformers model on the stored images through OpenCLIP's
+  # eval transform, the prompts tokenized as CLIP does; its top-1 and R@1 are what the converted model scored.
+  want = _reference_scores(hf_model[0], export.load(hf_model[2]).tokenizer, shards, templates)
+  print('evaluator', {k: result[k] for k in want}, 'reference', want)
+  for key, value in want.items():
+    assert result[key] == pytest.approx(value, abs=1e-6), (key, result[key], value)
+
+
+def _reference_scores(model, tokenizer, shards, templates):
+  """Zero-shot top-1 (templates averaged per class) and label-matched retrieval R@1 of an HF CLIPModel."""
+  import glob
+  import io
+
+  from array_record.python import array_record_module
+  from PIL import Image
+
+  from superclip_jax.data import records
+
+  recs = []
+  for path in sorted(glob.glob(os.path.join(shards, '*.array_record'))):
+    reader = array_record_module.ArrayRecordReader(path)
+    recs += [records.decode_record(r) for r in reader.read_all()]
+  class_names = records.read_manifest(shards)['class_names']
+  transform = open_clip.transform.image_transform(32, is_train=False)
+  pixels = torch.stack([transform(Image.open(io.BytesIO(r['image']))) for r in recs])
+  labels = np.array([r['label'] for r in recs])
+
+  def ids(texts):
+    out = np.zeros((len(texts), 16), np.int64)
+    for i, t in enumerate(texts):
+      row = tokenizer.with_specials(tokenizer.encode(t), 16)
+      out[i, : len(row)] = row
+    return torch.from_numpy(out)
+
+  def unit(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+  def text(input_ids):
+    return unit(model.text_projection(model.text_model(input_ids=input_ids).pooler_output))
+
+  with torch.no_grad():
+    image = unit(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)).double().numpy()
+    classes = [unit(text(ids([t.format(c) for t in templates])).mean(0)) for c in class_names]
+    captions = text(ids([r['caption'] for r in recs])).double().numpy()
+  scores = image @ torch.stack(classes).double().numpy().T
+  top1 = float(np.mean(scores.argmax(1) == labels))
+  sim = image @ captions.T
+  same = labels[:, None] == labels[None, :]
+  # R@1 of an image: its best same-class caption beats every other-class caption (ties count against); texts alike.
+  i2t = float(np.mean([sim[i][same[i]].max() > sim[i][~same[i]].max() for i in range(len(recs))]))
+  t2i = float(np.mean([sim[:, j][same[:, j]].max() > sim[:, j][~same[:, j]].max() for j in range(len(recs))]))
+  return {
+    'zeroshot/zeroshot/top1': top1,
+    'retrieval/retrieval/image_to_text_r1': i2t,
+    'retrieval/retrieval/text_to_image_r1': t2i,
+  }
 
 
 def _small_superclip(tmp_path):

@@ -123,18 +123,21 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
 
   if not (importlib.util.find_spec('gcsfs') and importlib.util.find_spec('gcp_storage_emulator')):
     pytest.skip('needs gcsfs and gcp-storage-emulator')
-  # gcsfs reads its settings when first imported: the environment must be set before.
-  if 'gcsfs' in sys.modules:
-    pytest.skip('gcsfs was imported before this test could configure it')
   import fsspec
+  import gcsfs.core
+
+  # gcsfs picks its class when first imported (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT, default on: the experimental class asks
+  # the absent gRPC control API for the bucket layout and stalls per call), so whatever imported it first and however, the
+  # plain class serves gs:// here; the emulator's address and the credentials are read per call, set below.
+  for protocol in ('gs', 'gcs'):
+    monkeypatch.setitem(sys.modules['fsspec.registry']._registry, protocol, gcsfs.core.GCSFileSystem)
 
   sock = socket.socket()
   sock.bind(('127.0.0.1', 0))
   port = sock.getsockname()[1]
   sock.close()
   monkeypatch.setenv('STORAGE_EMULATOR_HOST', f'http://127.0.0.1:{port}')
-  # Without this, gcsfs asks the (absent) gRPC control API for the bucket layout and stalls per call.
-  monkeypatch.setenv('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+  monkeypatch.setenv('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')  # the same for any process started from here
   monkeypatch.setenv('NO_GCE_CHECK', 'true')
   monkeypatch.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
   monkeypatch.setattr(remote, 'BACKOFF_S', 0.01)
@@ -146,9 +149,7 @@ def test_tars_and_folders_on_gcs_emulator(tmp_path, monkeypatch):
   server = emulator.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
   server.start()
   try:
-    import gcsfs
-
-    fs = gcsfs.GCSFileSystem(token='anon', skip_instance_cache=True)
+    fs = gcsfs.core.GCSFileSystem(token='anon', skip_instance_cache=True)
     for i in range(2):
       tar = corpus.write_tar(str(tmp_path / f'{i:05d}.tar'), corpus.good_members(3, start=3 * i))
       fs.pipe(f'bucket/tars/{i:05d}.tar', open(tar, 'rb').read())

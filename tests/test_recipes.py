@@ -40,6 +40,37 @@ def test_superclass_uses_its_own_learning_rate_and_no_projection():
   assert 'proj' not in ModelDef(ModelConfig.from_config(config)).shapes()['image_tower']
 
 
+@pytest.mark.parametrize('name', RECIPES)
+def test_recipe_evaluations_follow_the_published_protocol(name):
+  """What each recipe evaluates, and how: OpenAI's ImageNet protocol, Karpathy retrieval by image, the
+  probe fit on its own shards and tested on ImageNet, six evaluations over the 31,250 steps and one at the end."""
+  from superclip_jax.evals import prompts, registry
+
+  arg = 'data=/d,imagenet=/in,imagenet_v2=/v2,coco=/coco,flickr=/f30k,probe_train=/in_train'
+  config = config_defaults.load_config_file(os.path.join(ROOT, 'configs', name), arg)
+  registry.validate(config.evals)
+  assert config_defaults.resolved_total_steps(config) == 31_250  # 512M samples at batch 16,384
+  evals = {n: dict(ev) for n, ev in config.evals.items()}
+  for ev in evals.values():
+    assert ev['every_steps'] == 5000 and ev['max_examples'] == 0  # every record, six times during the run
+  probe = evals.pop('linear_probe')
+  assert (probe['kind'], probe['shards'], probe['train_shards']) == ('linear_probe', '/in', '/in_train')
+  if name == 'superclass_b16.py':  # no text tower: nothing to prompt or to retrieve with
+    assert evals == {}
+    return
+  for key, shards in (('imagenet', '/in'), ('imagenet_v2', '/v2')):
+    ev = evals.pop(key)
+    assert (ev['kind'], ev['shards']) == ('zeroshot', shards)
+    names, templates = prompts.resolve_classnames(ev['class_names']), prompts.resolve_templates(ev['templates'])
+    assert len(names) == 1000 and len(templates) == 80  # OpenAI's curated names and its 80-prompt ensemble
+  for key, shards in (('coco', '/coco'), ('flickr', '/f30k')):
+    ev = evals.pop(key)
+    assert (ev['kind'], ev['shards'], ev['match']) == ('retrieval', shards, 'key')  # a caption matches its own image
+  assert evals == {}
+  # An evaluation named but not given its shards is left out, not run on nothing.
+  assert set(config_defaults.load_config_file(os.path.join(ROOT, 'configs', name), 'data=/d').evals) == set()
+
+
 @pytest.fixture(scope='module')
 def fixture_shards(tmp_path_factory):
   """Tiny shard sets for every recipe argument: captioned training data, an ImageNet-like labelled

@@ -14,7 +14,6 @@ The beam runner needs the beam extra: pip install -e '.[beam]'.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -23,18 +22,17 @@ import tempfile
 import time
 
 import numpy as np
+from absl import flags
 
 _WORDS = ('red', 'green', 'blue', 'square', 'circle', 'small', 'large', 'photo', 'of', 'a', 'near', 'the', 'sky')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--images', type=int, default=3000)
-  p.add_argument('--tars', type=int, default=12)
-  p.add_argument('--workers', type=int, default=2, help='processes (local) and DirectRunner threads (beam)')
-  p.add_argument('--size', type=int, default=256, help='image side in pixels')
-  p.add_argument('--repeats', type=int, default=1, help='builds per runner; the best time counts')
-  return p.parse_args(argv)
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_integer('images', 3000, 'images in the corpus', flag_values=v)
+  flags.DEFINE_integer('tars', 12, 'tars the corpus is split into', flag_values=v)
+  flags.DEFINE_integer('workers', 2, 'processes (local) and DirectRunner threads (beam)', flag_values=v)
+  flags.DEFINE_integer('size', 256, 'image side in pixels', flag_values=v)
+  flags.DEFINE_integer('repeats', 1, 'builds per runner; the best time counts', flag_values=v)
 
 
 def _jpeg(rng: np.random.Generator, size: int) -> bytes:
@@ -77,10 +75,12 @@ def _outputs(out: str) -> dict[str, bytes]:
   }
 
 
-def main(argv=None) -> None:
-  args = parse_args(argv)
+def _bench(args: flags.FlagValues, rest: list[str]) -> None:
+  from superclip_jax import commands
   from superclip_jax.data import build
 
+  if rest:
+    commands.fail(f'unexpected arguments: {rest}')
   with tempfile.TemporaryDirectory(prefix='superclip_build_bench_') as tmp:
     os.makedirs(os.path.join(tmp, 'in'))
     t0 = time.perf_counter()
@@ -120,6 +120,13 @@ def main(argv=None) -> None:
       }
     )
   )
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python benchmarks/build_runners.py` (argv None), or its flags as a list, in this process."""
+  from superclip_jax import commands
+
+  commands.command('build_runners.py', _define_flags, _bench, argv)
 
 
 if __name__ == '__main__':

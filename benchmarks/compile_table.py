@@ -2,6 +2,7 @@
 
   python benchmarks/compile_table.py --out /tmp/compile_table            # compile every cell, then print
   python benchmarks/compile_table.py --out /tmp/compile_table --render   # print the table of finished cells
+  python benchmarks/compile_table.py --out DIR -- --config.KEY=VALUE      # overrides for every cell (after --)
 
 Each cell is `python -m superclip_jax.main --config CONFIG --dry_run --topology T --dry_run_dir
 OUT/CELL` in its own process (the TPU cells need the `tpu` extra, the GPU cells the `gpu`
@@ -14,11 +15,12 @@ that 50% MFU over every chip would give.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+
+from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {'B/16': 'configs/superclip_b16.py', 'L/16': 'configs/superclip_l16.py'}
@@ -101,25 +103,37 @@ def render(out: str) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', required=True, help='folder of the cells (report.json, step.hlo.txt, log.txt)')
-  parser.add_argument('--render', action='store_true', help='only print the table of the cells already compiled')
-  parser.add_argument(
-    '--only',
-    default='',
-    help="comma-separated cells to compile: topologies ('h200:8') or one model's ('B/16@h200:8'); default: all",
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('out', None, 'folder of the cells (report.json, step.hlo.txt, log.txt)', required=True, flag_values=v)
+  flags.DEFINE_bool('render', False, 'only print the table of the cells already compiled', flag_values=v)
+  flags.DEFINE_string(
+    'only',
+    '',
+    "comma-separated cells to compile: topologies ('h200:8') or one model's ('B/16@h200:8'); default: all",
+    flag_values=v,
   )
-  parser.add_argument('--timeout', type=int, default=1800, help='seconds per cell')
-  parser.add_argument('overrides', nargs='*', help='--config.KEY=VALUE overrides for every cell (after --)')
-  args = parser.parse_args(argv)
+  flags.DEFINE_integer('timeout', 1800, 'seconds per cell', flag_values=v)
+
+
+def _table(args: flags.FlagValues, overrides: list[str]) -> None:
+  """overrides: the arguments after `--`, --config.KEY=VALUE overrides for every cell."""
   if not args.render:
     only = set(filter(None, args.only.split(',')))
     for model in CONFIGS:
       for topology in TOPOLOGIES:
         if not only or topology in only or f'{model}@{topology}' in only:
-          compile_cell(args.out, model, topology, args.overrides, args.timeout)
+          compile_cell(args.out, model, topology, overrides, args.timeout)
   print(render(args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python benchmarks/compile_table.py` (argv None), or its flags as a list, in this process.
+
+  Arguments after `--` are --config.KEY=VALUE overrides for every cell.
+  """
+  from superclip_jax import commands
+
+  commands.command('compile_table.py', _define_flags, _table, argv)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ agrees with superclip_jax, and the largest difference between their embeddings o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import sys
 import tempfile
 
 import numpy as np
+from absl import flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -92,25 +92,30 @@ def export_all(workdir: str, scratch: str) -> dict[str, str]:
   return dirs
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='a run of configs/demo_mnist.py')
-  parser.add_argument('--limit', type=int, default=0, help='the first N held-out digits (default: all 1,000)')
-  args = parser.parse_args(argv)
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'a run of configs/demo_mnist.py', required=True, flag_values=v)
+  flags.DEFINE_integer('limit', 0, 'the first N held-out digits (default: all 1,000)', flag_values=v)
+
+
+def _demo(args: flags.FlagValues, rest: list[str]) -> None:
   import superclip_jax
   from superclip_jax.data import mnist_demo
+  from superclip_jax.errors import UserError, user_errors
 
-  images, labels = held_out_digits(args.limit)
-  names, templates = list(mnist_demo.NUMBER_WORDS), list(mnist_demo.TEMPLATES)
-  with tempfile.TemporaryDirectory() as scratch:
-    dirs = export_all(args.workdir, scratch)
-    model = superclip_jax.load(dirs['ours'])
-    texts = [t.format(n) for n in names for t in templates]
-    inputs = client_inputs(model, images, names, templates, texts)
-    got = run_clients(inputs, dirs['hf'], dirs['open_clip'], scratch)
-    ours = project_scores(model, images, names, templates).argmax(axis=1)
-    ours_first = project_scores(model, images, names, templates[:1]).argmax(axis=1)  # the pipeline's one template
-    own_image, own_text = model.encode_image(inputs['pixels']), model.encode_text(inputs['ids'])
+  with user_errors('demo_in_stock_clients.py'):
+    if rest:
+      raise UserError(f'unexpected arguments: {rest}')
+    images, labels = held_out_digits(args.limit)
+    names, templates = list(mnist_demo.NUMBER_WORDS), list(mnist_demo.TEMPLATES)
+    with tempfile.TemporaryDirectory() as scratch:
+      dirs = export_all(args.workdir, scratch)
+      model = superclip_jax.load(dirs['ours'])
+      texts = [t.format(n) for n in names for t in templates]
+      inputs = client_inputs(model, images, names, templates, texts)
+      got = run_clients(inputs, dirs['hf'], dirs['open_clip'], scratch)
+      ours = project_scores(model, images, names, templates).argmax(axis=1)
+      ours_first = project_scores(model, images, names, templates[:1]).argmax(axis=1)  # the pipeline's one template
+      own_image, own_text = model.encode_image(inputs['pixels']), model.encode_text(inputs['ids'])
   report = {
     'images': len(labels),
     'superclip_jax_top1': float(np.mean(ours == labels)),
@@ -124,6 +129,13 @@ def main(argv=None):
       max(np.abs(got[f'{client}_image'] - own_image).max(), np.abs(got[f'{client}_text'] - own_text).max())
     )
   print(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python benchmarks/demo_in_stock_clients.py` (argv None), or its flags as a list, in this process."""
+  from superclip_jax import commands
+
+  commands.command('demo_in_stock_clients.py', _define_flags, _demo, argv)
 
 
 if __name__ == '__main__':

@@ -20,10 +20,13 @@ results.npz:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
+from absl import app, flags
+
+PROG = 'stock_clients.py'
+_HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')  # absl's; each exits 1 after printing
 
 
 def _normalise(x):
@@ -101,22 +104,60 @@ def run_open_clip(directory, inputs, out):
     )
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--inputs', required=True)
-  parser.add_argument('--hf', help='a `convert --to hf` directory')
-  parser.add_argument('--open_clip', help='a `convert --to open_clip` directory')
-  parser.add_argument('--out', required=True)
-  args = parser.parse_args(argv)
-  inputs = dict(np.load(args.inputs))
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_string('inputs', None, 'inputs.npz (see above)', required=True, flag_values=v)
+  flags.DEFINE_string('hf', None, 'a `convert --to hf` directory', flag_values=v)
+  flags.DEFINE_string('open_clip', None, 'a `convert --to open_clip` directory', flag_values=v)
+  flags.DEFINE_string('out', None, 'results.npz (see above)', required=True, flag_values=v)
+
+
+def _parse(argv: list[str], v: flags.FlagValues) -> list[str]:
+  """absl's flag parse with a mistake in one line, `stock_clients.py: error: ...` (exit 2), and --help exit 0.
+
+  superclip_jax's commands module does this for the package's commands; this process must not import it.
+  """
+  try:
+    rest = v(argv)
+  except SystemExit as e:  # absl's --help prints the help and exits 1; asking for help is not a failure
+    if e.code == 1 and any(a.lstrip('-').split('=')[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    extra = ' (try --helpfull)' if isinstance(e, flags.UnrecognizedFlagError) else ''
+    _fail(lines[0] + extra)
+  if rest[1:]:
+    _fail(f'unexpected arguments: {rest[1:]}')
+  return rest
+
+
+def _fail(message: str):
+  print(f'{PROG}: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _run(values: flags.FlagValues) -> None:
+  inputs = dict(np.load(values.inputs))
   out = {}
-  if args.hf:
-    run_hf(args.hf, inputs, out)
-  if args.open_clip:
-    run_open_clip(args.open_clip, inputs, out)
+  if values.hf:
+    run_hf(values.hf, inputs, out)
+  if values.open_clip:
+    run_open_clip(values.open_clip, inputs, out)
   assert 'superclip_jax' not in sys.modules  # the point of this process
   out.update({k.replace('_scores', '_pred'): v.argmax(axis=1) for k, v in out.items() if k.endswith('_scores')})
-  np.savez(args.out, **out)
+  np.savez(values.out, **out)
+
+
+def main(argv: list[str] | None = None):
+  """`python benchmarks/stock_clients.py` (argv None), or its flags as a list, in this process on flags of its own."""
+  if argv is None:
+    _define_flags(flags.FLAGS)
+    app.run(lambda _: _run(flags.FLAGS), flags_parser=lambda args: _parse(args, flags.FLAGS))
+    return
+  values = flags.FlagValues()
+  _define_flags(values)
+  _parse([PROG, *argv], values)
+  _run(values)
 
 
 if __name__ == '__main__':

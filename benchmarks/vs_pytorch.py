@@ -35,7 +35,6 @@ torch and transformers come with the interop extra: pip install -e '.[interop]'.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -43,38 +42,66 @@ import re
 import statistics
 import sys
 import time
+import types
+
+from absl import flags
+
+PROG = 'vs_pytorch.py'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  """Command-line arguments."""
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--image_size', type=int, default=224, choices=(112, 224))
-  p.add_argument('--batch', type=int, default=8)
-  p.add_argument('--steps', type=int, default=5, help='timed steps of each (after one warm-up step each)')
-  p.add_argument('--no_head', action='store_true', help='plain CLIP on both sides (no token classifier)')
-  p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)), help='CPU cores for both')
-  p.add_argument('--tiny', action='store_true', help='tiny towers at 32 px: a smoke test')
-  p.add_argument(
-    '--no_default_optimizer', action='store_true', help='time PyTorch with fused AdamW only (not also with its default AdamW)'
+def _define_flags(v: flags.FlagValues) -> None:
+  flags.DEFINE_integer('image_size', 224, 'image side in pixels: 112 or 224', flag_values=v)
+  flags.register_validator('image_size', lambda x: x in (112, 224), '--image_size must be 112 or 224', flag_values=v)
+  flags.DEFINE_integer('batch', 8, 'images per step', flag_values=v)
+  flags.DEFINE_integer('steps', 5, 'timed steps of each (after one warm-up step each)', flag_values=v)
+  flags.DEFINE_bool('no_head', False, 'plain CLIP on both sides (no token classifier)', flag_values=v)
+  flags.DEFINE_integer(
+    'threads', len(os.sched_getaffinity(0)), 'CPU cores for both (default: every CPU this process may use)', flag_values=v
   )
-  p.add_argument(
-    '--block', type=int, default=2, help='steps per turn; the first of each turn is reported apart (see alternate_in_blocks)'
+  flags.DEFINE_bool('tiny', False, 'tiny towers at 32 px: a smoke test', flag_values=v)
+  flags.DEFINE_bool(
+    'no_default_optimizer', False, 'time PyTorch with fused AdamW only (not also with its default AdamW)', flag_values=v
   )
-  p.add_argument(
-    '--one_process',
-    action='store_true',
-    help='both frameworks in this process (they then share the allocator and slow each other)',
+  flags.DEFINE_integer(
+    'block', 2, 'steps per turn; the first of each turn is reported apart (see alternate_in_blocks)', flag_values=v
   )
-  p.add_argument(
-    '--torch_preload',
-    default='',
-    help="LD_PRELOAD for PyTorch's process, e.g. jemalloc or tcmalloc as PyTorch's CPU tuning guide "
+  flags.register_validator(
+    'block', lambda x: x >= 2, '--block must be at least 2 (the first step of each turn is not a steady one)', flag_values=v
+  )
+  flags.DEFINE_bool(
+    'one_process', False, 'both frameworks in this process (they then share the allocator and slow each other)', flag_values=v
+  )
+  flags.DEFINE_string(
+    'torch_preload',
+    '',
+    "LD_PRELOAD for PyTorch's process, e.g. jemalloc or tcmalloc as PyTorch's CPU tuning guide "
     "suggests (default: glibc's malloc, as pip's torch runs)",
+    flag_values=v,
   )
-  args = p.parse_args(argv)
-  if args.block < 2:
-    p.error('--block must be at least 2 (the first step of each turn is not a steady one)')
-  return args
+
+
+def _namespace(v: flags.FlagValues, rest: list[str]) -> types.SimpleNamespace:
+  """This script's flags as plain values (the spawned workers get them pickled)."""
+  if rest:
+    _commands().fail(f'unexpected arguments: {rest}')
+  own = flags.FlagValues()  # the names of this script's flags alone (not absl's own, in flags.FLAGS)
+  _define_flags(own)
+  return types.SimpleNamespace(**{name: v[name].value for name in own})
+
+
+def _commands():
+  """superclip_jax's commands module, from this checkout (as the workers import superclip_jax, _pin_and_isolate)."""
+  if sys.path[0] != ROOT:
+    sys.path.insert(0, ROOT)
+  from superclip_jax import commands
+
+  return commands
+
+
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+  """The flags of a command line (without the program name), in this process: a mistake exits 2 with one line."""
+  return _commands().command(PROG, _define_flags, _namespace, argv)
 
 
 def sizes(args) -> dict:
@@ -238,7 +265,7 @@ def _pin_and_isolate(threads: int) -> None:
   os.sched_setaffinity(0, allowed[:threads])
   os.environ['JAX_PLATFORMS'] = 'cpu'
   os.environ['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\S+', '', os.environ.get('XLA_FLAGS', ''))
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  sys.path.insert(0, ROOT)
 
 
 def _jax_side(args, s):
@@ -351,8 +378,8 @@ def _kinds(args) -> tuple[str, ...]:
   return ('jax', 'torch') if args.no_default_optimizer else ('jax', 'torch', 'torch_default')
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
+def _compare(v: flags.FlagValues, rest: list[str]) -> dict:
+  args = _namespace(v, rest)
   args.threads = max(1, min(args.threads, len(os.sched_getaffinity(0))))
   s = sizes(args)
   times, facts = (_times_in_one_process if args.one_process else _times_in_separate_processes)(args)
@@ -416,6 +443,11 @@ def main(argv=None) -> dict:
   )
   print(json.dumps(report), flush=True)
   return report
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+  """`python benchmarks/vs_pytorch.py` (argv None), or its flags as a list in this process (returns the report)."""
+  return _commands().command(PROG, _define_flags, _compare, argv)
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -213,6 +214,40 @@ def test_vs_pytorch_reports_the_first_step_of_each_turn_apart():
   assert times['jax_after_switch'] == [('jax', True)] * 2 and times['torch_after_switch'] == [('torch', True)] * 2
   with pytest.raises(SystemExit):
     vs_pytorch.parse_args(['--block', '1'])
+
+
+@pytest.mark.parametrize(
+  'script,flag',
+  [
+    ('build_runners.py', '--repeats'),
+    ('compile_table.py', '--[no]render'),
+    ('demo_in_stock_clients.py', '--workdir'),
+    ('stock_clients.py', '--open_clip'),
+    ('vs_pytorch.py', '--[no]no_head'),
+  ],
+)
+def test_every_benchmark_speaks_absl_flags(script, flag):
+  # --help lists the script's flags with status 0; a mistake is one line, `SCRIPT: error: ...`, with status 2.
+  path = os.path.join('benchmarks', script)
+  proc = subprocess.run([sys.executable, path, '--help'], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert re.search(rf'^\s+{re.escape(flag)}: ', proc.stdout, re.M), proc.stdout[-3000:]
+  proc = subprocess.run([sys.executable, path, '--nope'], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith(f"{script}: error: Unknown command line flag 'nope'"), lines
+
+
+def test_stock_clients_parses_its_flags_without_superclip_jax(tmp_path):
+  # Its process must never import superclip_jax, flag handling included; with no client named it writes no results.
+  np.savez(tmp_path / 'inputs.npz', pixels=np.zeros((1, 4, 4, 3), np.float32), ids=np.zeros((1, 4), np.int32))
+  out = tmp_path / 'results.npz'
+  cmd = [sys.executable, '-X', 'importtime', 'benchmarks/stock_clients.py', '--inputs', str(tmp_path / 'inputs.npz'), '--out']
+  proc = subprocess.run([*cmd, str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert out.exists() and not dict(np.load(out))
+  imported = [line.rsplit('|', 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith('import time:')]
+  assert 'absl.flags' in imported and not [m for m in imported if m.split('.')[0] == 'superclip_jax'], imported
 
 
 def test_bench_gpu_script_writes_a_report_per_batch(tmp_path):

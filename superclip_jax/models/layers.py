@@ -269,7 +269,10 @@ class Transformer(Block):
     self.depth = depth
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # Flax's scan over layers: one graph, each layer's slice of the stacked state merged into it.
+    # Scan over layers: each step merges one layer's slice of the stacked state into this
+    # module's graph and runs it as one Block. jax.lax.scan over the split state (not nnx.scan)
+    # traces to exactly the program of a scan over the plain arrays: nothing but the block
+    # enters the loop, and no module state is carried or handed back out.
     graphdef, stacked = nnx.split(self)
 
     def body(carry, layer):

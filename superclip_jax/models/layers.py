@@ -67,6 +67,19 @@ class Dense(nnx.Module):
     self.kernel = normal_param(rngs, kshape, std, kaxes)
     self.bias = constant_param(0.0, bshape, baxes)
 
+  def __call__(self, x: jax.Array, dtype, *, spec: str | None = None, residual: jax.Array | None = None) -> jax.Array:
+    """x times the kernel in `dtype`, then `residual` added, then the bias.
+
+    spec: the product as an einsum (a kernel with several in/out dimensions needs one);
+    default x @ kernel. The residual goes in before the bias, not after: the other order
+    rounds differently (bf16 most of all), and a block's `x + h @ w + b` is kept exact.
+    """
+    kernel = self.kernel[...].astype(dtype)
+    y = x @ kernel if spec is None else jnp.einsum(spec, x, kernel)
+    if residual is not None:
+      y = residual + y
+    return y + self.bias[...].astype(dtype)
+
 
 def gelu(x: jax.Array, quick: bool) -> jax.Array:
   """Exact GELU (torch.nn.GELU), or OpenAI's QuickGELU x * sigmoid(1.702 x)."""
@@ -162,8 +175,68 @@ def remat_setting(requested: str, platform: str) -> str:
   return DEFAULT_REMAT.get(platform, 'dots') if requested == 'auto' else requested
 
 
-class Transformer(nnx.Module):
-  """`depth` pre-LN residual blocks (attention, MLP) as in OpenAI CLIP, scanned over layers."""
+class Block(nnx.Module):
+  """A pre-LN residual block (attention, then MLP) as in OpenAI CLIP.
+
+  With depth > 0 every parameter has a leading 'layers' axis: `depth` blocks stacked, the
+  form a Transformer holds. `__call__` runs one block, so it wants the parameters of one
+  layer (Transformer.__call__ hands it each layer's slice in turn).
+  """
+
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    hidden: int,
+    *,
+    depth: int,
+    causal: bool,
+    quick_gelu: bool,
+    compute_dtype,
+    attention: str,
+    rngs: nnx.Rngs,
+  ):
+    if width % heads:
+      raise ValueError(f'width {width} is not divisible by heads {heads}')
+    head_dim = width // heads
+    # OpenAI CLIP's initialisation (also OpenCLIP's text tower); proj_std scales with the stack's depth.
+    attn_std = width**-0.5
+    proj_std = width**-0.5 * (2 * max(depth, 1)) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    self.ln_1 = LayerNorm(width, depth)
+    self.attn_in = Dense((width,), (3, heads, head_dim), ('embed',), (None, 'heads', 'kv'), attn_std, rngs=rngs, depth=depth)
+    self.attn_out = Dense((heads, head_dim), (width,), ('heads', 'kv'), ('embed',), proj_std, rngs=rngs, depth=depth)
+    self.ln_2 = LayerNorm(width, depth)
+    self.mlp_fc = Dense((width,), (hidden,), ('embed',), ('mlp',), fc_std, rngs=rngs, depth=depth)
+    self.mlp_proj = Dense((hidden,), (width,), ('mlp',), ('embed',), proj_std, rngs=rngs, depth=depth)
+    self.causal = causal
+    self.quick_gelu = quick_gelu
+    self.compute_dtype = compute_dtype
+    self.attention = attention
+
+  def attend(self, h: jax.Array) -> tuple[jax.Array, str]:
+    """Attention over normalised tokens h (B, T, D): the heads' outputs and the einsum that projects them."""
+    dt = self.compute_dtype
+    w_in, b_in = self.attn_in.kernel[...].astype(dt), self.attn_in.bias[...].astype(dt)
+    impl = attention_implementation(self.attention, jax.default_backend(), dt, w_in.shape[-1])
+    if impl == 'xla':
+      # Projected straight into head-major (B, H, T, K): see `attention`.
+      q, k, v = (jnp.einsum('btd,dhk->bhtk', h, w_in[:, i]) + b_in[i][:, None, :] for i in range(3))
+      return attention(q, k, v, causal=self.causal), 'bhtk,hkd->btd'
+    q, k, v = (jnp.einsum('btd,dhk->bthk', h, w_in[:, i]) + b_in[i] for i in range(3))
+    return fused_attention(q, k, v, self.causal, impl), 'bthk,hkd->btd'
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = self.compute_dtype
+    heads, spec = self.attend(self.ln_1(x))
+    x = self.attn_out(heads, dt, spec=spec, residual=x)
+    h = gelu(self.mlp_fc(self.ln_2(x), dt), self.quick_gelu)
+    x = self.mlp_proj(h, dt, residual=x)
+    return constrain_batch(x)
+
+
+class Transformer(Block):
+  """`depth` Blocks, their parameters stacked along a leading 'layers' axis, scanned over layers."""
 
   def __init__(
     self,
@@ -180,53 +253,30 @@ class Transformer(nnx.Module):
     scan: bool = True,
     attention: str = 'auto',
   ):
-    if width % heads:
-      raise ValueError(f'width {width} is not divisible by heads {heads}')
-    head_dim = width // heads
-    hidden = int(width * mlp_ratio)
-    # OpenAI CLIP's initialisation (also OpenCLIP's text tower).
-    attn_std = width**-0.5
-    proj_std = width**-0.5 * (2 * depth) ** -0.5
-    fc_std = (2 * width) ** -0.5
-    self.ln_1 = LayerNorm(width, depth)
-    self.attn_in = Dense((width,), (3, heads, head_dim), ('embed',), (None, 'heads', 'kv'), attn_std, rngs=rngs, depth=depth)
-    self.attn_out = Dense((heads, head_dim), (width,), ('heads', 'kv'), ('embed',), proj_std, rngs=rngs, depth=depth)
-    self.ln_2 = LayerNorm(width, depth)
-    self.mlp_fc = Dense((width,), (hidden,), ('embed',), ('mlp',), fc_std, rngs=rngs, depth=depth)
-    self.mlp_proj = Dense((hidden,), (width,), ('mlp',), ('embed',), proj_std, rngs=rngs, depth=depth)
-    self.causal = causal
-    self.quick_gelu = quick_gelu
-    self.compute_dtype = compute_dtype
+    super().__init__(
+      width,
+      heads,
+      int(width * mlp_ratio),
+      depth=depth,
+      causal=causal,
+      quick_gelu=quick_gelu,
+      compute_dtype=compute_dtype,
+      attention=attention,
+      rngs=rngs,
+    )
     self.remat = remat
     self.scan = scan
     self.depth = depth
-    self.attention = attention
-
-  def _block(self, x: jax.Array, p) -> jax.Array:
-    dt = self.compute_dtype
-    h = layer_norm(x, p['ln_1']['scale'], p['ln_1']['bias'])
-    w_in, b_in = p['attn_in']['kernel'].astype(dt), p['attn_in']['bias'].astype(dt)
-    w_out = p['attn_out']['kernel'].astype(dt)
-    impl = attention_implementation(self.attention, jax.default_backend(), dt, w_in.shape[-1])
-    if impl == 'xla':
-      # Projected straight into head-major (B, H, T, K): see `attention`.
-      q, k, v = (jnp.einsum('btd,dhk->bhtk', h, w_in[:, i]) + b_in[i][:, None, :] for i in range(3))
-      o = jnp.einsum('bhtk,hkd->btd', attention(q, k, v, causal=self.causal), w_out)
-    else:
-      q, k, v = (jnp.einsum('btd,dhk->bthk', h, w_in[:, i]) + b_in[i] for i in range(3))
-      o = jnp.einsum('bthk,hkd->btd', fused_attention(q, k, v, self.causal, impl), w_out)
-    x = x + o + p['attn_out']['bias'].astype(dt)
-    h = layer_norm(x, p['ln_2']['scale'], p['ln_2']['bias'])
-    h = h @ p['mlp_fc']['kernel'].astype(dt) + p['mlp_fc']['bias'].astype(dt)
-    h = gelu(h, self.quick_gelu)
-    x = x + h @ p['mlp_proj']['kernel'].astype(dt) + p['mlp_proj']['bias'].astype(dt)
-    return constrain_batch(x)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    stacked = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    # Scan over layers: each step merges one layer's slice of the stacked state into this
+    # module's graph and runs it as one Block. jax.lax.scan over the split state (not nnx.scan)
+    # traces to exactly the program of a scan over the plain arrays: nothing but the block
+    # enters the loop, and no module state is carried or handed back out.
+    graphdef, stacked = nnx.split(self)
 
-    def body(carry, layer_params):
-      return self._block(carry, layer_params), None
+    def body(carry, layer):
+      return Block.__call__(nnx.merge(graphdef, layer), carry), None
 
     remat = remat_setting(self.remat, jax.default_backend())
     if remat != 'none':

@@ -2,6 +2,7 @@
 classifier, the ring contrastive loss (loss.chunked) equals the plain one, and the SuperClass recipe's learning rate is
 what the optimizer applies."""
 
+import copy
 import os
 
 import jax
@@ -9,25 +10,25 @@ import numpy as np
 import pytest
 from test_sharded_step import BATCH, small_config
 
-from superclip_jax import config_defaults, optim, sharding, train_state, train_step
+from superclip_jax import config_defaults, run_setup, sharding, train_state, train_step
 from superclip_jax.data import synthetic
-from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Runner:
-  """A config's real state and jitted step on an (8, 1, 1) mesh; each call starts from the same initial state."""
+  """A config's real state and jitted step on an (8, 1, 1) mesh, set up as a training run sets them up
+  (run_setup.prepare); each call starts from the same initial state."""
 
   def __init__(self, config, total_steps=3):
-    self.mesh = sharding.make_mesh((8, 1, 1), jax.devices())
-    rules = tuple(tuple(r) for r in config.mesh.rules)
-    self.model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-    self.tx, self.schedule = optim.make_optimizer(config, self.model_def.shapes(), self.model_def.logical_axes(), total_steps)
-    counts = train_state.initial_idf_counts(config, self.model_def.cfg.variant)
-    self.make_state = lambda: train_state.create_train_state(self.model_def, self.tx, counts, self.mesh, rules)
-    _, shardings = self.make_state()
-    self.step_fn, _ = train_step.jit_train_step(self.model_def, self.tx, self.schedule, config, shardings, self.mesh, rules)
+    config = copy.deepcopy(config)
+    config.mesh.shape, config.total_steps = (8, 1, 1), total_steps
+    setup = run_setup.prepare(config, training=False)
+    self.mesh, self.schedule = setup.mesh, setup.schedule
+    self.make_state = lambda: train_state.create_train_state(setup.model_def, setup.tx, setup.idf_counts, setup.mesh, setup.rules)
+    self.step_fn, _ = train_step.jit_train_step(
+      setup.model_def, setup.tx, setup.schedule, setup.config, setup.shardings, setup.mesh, setup.rules
+    )
 
   def __call__(self, local_batches, state=None):
     """(metrics of each step, final state) over the batches (numpy, global), from a fresh state unless given."""

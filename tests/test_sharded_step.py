@@ -5,13 +5,14 @@ tensor parallel) must give the same losses, parameters and IDF counts as one dev
 up to float32 reduction-order noise.
 """
 
+import copy
+
 import jax
 import numpy as np
 import pytest
 
-from superclip_jax import config_defaults, idf, optim, sharding, train_state, train_step
+from superclip_jax import config_defaults, idf, run_setup, sharding, train_state, train_step
 from superclip_jax.data import synthetic
-from superclip_jax.models.superclip import ModelConfig, ModelDef
 
 STEPS = 3
 BATCH = 16
@@ -36,13 +37,12 @@ def small_config(**loss):
 
 def run_steps(config, mesh_shape, devices, steps=STEPS):
   """Train `steps` steps on a mesh; returns (losses, params, idf counts, state shardings)."""
-  mesh = sharding.make_mesh(mesh_shape, devices)
-  rules = tuple(tuple(r) for r in config.mesh.rules)
-  model_def = ModelDef(ModelConfig.from_config(config), seed=config.seed)
-  tx, schedule = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), steps)
-  counts = train_state.initial_idf_counts(config, model_def.cfg.variant)
-  state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
-  step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
+  config = copy.deepcopy(config)
+  config.mesh.shape, config.total_steps = mesh_shape, steps
+  setup = run_setup.prepare(config, devices=devices, training=False)  # as train.run sets a run up
+  mesh = setup.mesh
+  state, shardings = train_state.create_train_state(setup.model_def, setup.tx, setup.idf_counts, mesh, setup.rules)
+  step_fn, _ = train_step.jit_train_step(setup.model_def, setup.tx, setup.schedule, setup.config, shardings, mesh, setup.rules)
   data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=1)
   losses = []
   with jax.set_mesh(mesh):

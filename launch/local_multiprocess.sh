@@ -40,12 +40,6 @@ else
 fi
 mkdir -p "$log_dir"
 
-# No persistent compilation cache here: processes that load their steps from a warm cache
-# (JAX_COMPILATION_CACHE_DIR) were seen to abort on their first collective after a SIGTERM, with
-# gloo's "Received data size doesn't match expected size" (jax 0.10.2, CPU); without it they save
-# and exit as they should. Real pods compile per process anyway.
-unset JAX_COMPILATION_CACHE_DIR
-
 pids=()
 running=()
 stop_all() {

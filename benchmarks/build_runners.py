@@ -75,12 +75,9 @@ def _outputs(out: str) -> dict[str, bytes]:
   }
 
 
-def _bench(args: flags.FlagValues, rest: list[str]) -> None:
-  from superclip_jax import commands
+def _bench(args: flags.FlagValues, _rest: list[str]) -> None:
   from superclip_jax.data import build
 
-  if rest:
-    commands.fail(f'unexpected arguments: {rest}')
   with tempfile.TemporaryDirectory(prefix='superclip_build_bench_') as tmp:
     os.makedirs(os.path.join(tmp, 'in'))
     t0 = time.perf_counter()

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
   """
   from superclip_jax import commands
 
-  commands.command('compile_table.py', _define_flags, _table, argv)
+  commands.command('compile_table.py', _define_flags, _table, argv, positional=True)
 
 
 if __name__ == '__main__':

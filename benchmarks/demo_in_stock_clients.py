@@ -97,14 +97,12 @@ def _define_flags(v: flags.FlagValues) -> None:
   flags.DEFINE_integer('limit', 0, 'the first N held-out digits (default: all 1,000)', flag_values=v)
 
 
-def _demo(args: flags.FlagValues, rest: list[str]) -> None:
+def _demo(args: flags.FlagValues, _rest: list[str]) -> None:
   import superclip_jax
   from superclip_jax.data import mnist_demo
-  from superclip_jax.errors import UserError, user_errors
+  from superclip_jax.errors import user_errors
 
   with user_errors('demo_in_stock_clients.py'):
-    if rest:
-      raise UserError(f'unexpected arguments: {rest}')
     images, labels = held_out_digits(args.limit)
     names, templates = list(mnist_demo.NUMBER_WORDS), list(mnist_demo.TEMPLATES)
     with tempfile.TemporaryDirectory() as scratch:

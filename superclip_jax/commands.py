@@ -90,18 +90,26 @@ def command(
   define: Callable[[flags.FlagValues], Any],
   body: Callable[[flags.FlagValues, list[str]], Any],
   argv: list[str] | None = None,
+  positional: bool = False,
 ) -> Any:
   """An entry point on absl flags: `define(values)` declares them, `body(values, positional)` runs it.
 
+  A command that takes no positional arguments (positional=False) refuses any in one line.
   argv None (`python -m`): absl's app.run over the global flags, so --help lists them. A list (a
   caller in the same process, such as a test): parsed on flags of their own, so that commands
   imported side by side neither collide over names like --out nor keep each other's values.
   """
+
+  def call(values: flags.FlagValues, args: list[str]) -> Any:
+    if args and not positional:
+      fail(f'unexpected arguments: {args}')
+    return body(values, args)
+
   if argv is None:
     define(flags.FLAGS)
-    run(lambda args: body(flags.FLAGS, args[1:]) and None, prog)  # app.run would exit with a returned value
+    run(lambda args: call(flags.FLAGS, args[1:]) and None, prog)  # app.run would exit with a returned value
     return None
   errors.PROG[0] = prog
   values = flags.FlagValues()
   define(values)
-  return body(values, parse_flags([prog, *argv], values)[1:])
+  return call(values, parse_flags([prog, *argv], values)[1:])

@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags
 
 from superclip_jax import commands
-from superclip_jax.errors import UserError, user_errors
+from superclip_jax.errors import user_errors
 
 
 def _define_flags(v: flags.FlagValues) -> None:
@@ -43,10 +43,8 @@ def _define_flags(v: flags.FlagValues) -> None:
   )
 
 
-def _convert(v: flags.FlagValues, args: list[str]) -> None:
+def _convert(v: flags.FlagValues, _args: list[str]) -> None:
   with user_errors('superclip_jax.convert'):
-    if args:
-      raise UserError(f'unexpected arguments: {args}')
     from superclip_jax.interop import conversions
 
     if v['from'].value:

@@ -197,10 +197,8 @@ def _define_flags(v: flags.FlagValues) -> None:
   flags.DEFINE_integer('step', None, 'This checkpoint step (default: the newest).', flag_values=v)
 
 
-def _export(v: flags.FlagValues, args: list[str]) -> None:
+def _export(v: flags.FlagValues, _args: list[str]) -> None:
   with user_errors('superclip_jax.export'):
-    if args:
-      raise UserError(f'unexpected arguments: {args}')
     print(export(v.workdir, v.out, v.step))
 
 

@@ -167,7 +167,7 @@ def _plot(v: flags.FlagValues, workdirs: list[str]) -> None:
 
 def main(argv: list[str] | None = None):
   """`python -m superclip_jax.plot` (argv None), or its arguments as a list, in this process."""
-  commands.command('superclip_jax.plot', _define_flags, _plot, argv)
+  commands.command('superclip_jax.plot', _define_flags, _plot, argv, positional=True)
 
 
 if __name__ == '__main__':

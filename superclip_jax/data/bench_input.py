@@ -165,13 +165,11 @@ def _define_flags(v: flags.FlagValues) -> None:
   )
 
 
-def _bench(v: flags.FlagValues, args: list[str]) -> None:
+def _bench(v: flags.FlagValues, _args: list[str]) -> None:
   os.environ.setdefault('OMP_NUM_THREADS', '1')
   from superclip_jax.errors import UserError, user_errors
 
   with user_errors('superclip_jax.data.bench_input'), tempfile.TemporaryDirectory() as tmp:
-    if args:
-      raise UserError(f'unexpected arguments: {args}')
     shards = v.shards or synthesize_shards(tmp, v.synthesize or 1000)
     try:
       counts = tuple(int(w) for w in v.workers) or tuple(default_worker_counts())

@@ -539,12 +539,10 @@ def _define_flags(v: flags.FlagValues) -> None:
   )
 
 
-def _build(v: flags.FlagValues, args: list[str]) -> None:
+def _build(v: flags.FlagValues, _args: list[str]) -> None:
   from superclip_jax.errors import user_errors
 
   with user_errors('superclip_jax.data.build'):
-    if args:
-      raise UserError(f'unexpected arguments: {args}')
     manifest = build(
       v.source,
       v.out,

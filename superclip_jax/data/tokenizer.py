@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None):
   """`python -m superclip_jax.data.tokenizer COMMAND` (argv None), or its arguments as a list, in this process."""
   from superclip_jax import commands
 
-  commands.command('superclip_jax.data.tokenizer', _define_flags, _tokenizer_command, argv)
+  commands.command('superclip_jax.data.tokenizer', _define_flags, _tokenizer_command, argv, positional=True)
 
 
 if __name__ == '__main__':

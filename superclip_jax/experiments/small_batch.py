@@ -128,12 +128,10 @@ def _define_flags(v: flags.FlagValues) -> None:
   flags.DEFINE_float('minutes', 0, 'With --from_json: the original run time.', flag_values=v)
 
 
-def _experiment(v: flags.FlagValues, args: list[str]) -> None:
+def _experiment(v: flags.FlagValues, _args: list[str]) -> None:
   from superclip_jax.errors import UserError, user_errors
 
   with user_errors('superclip_jax.experiments.small_batch'):
-    if args:
-      raise UserError(f'unexpected arguments: {args}')
     try:
       seeds = [int(s) for s in v.seeds]
       batches = [int(b) for b in v.batches]

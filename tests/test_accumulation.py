@@ -4,10 +4,9 @@ negative is kept, and logit_scale gets its exact gradient (not K times it)."""
 import jax
 import numpy as np
 import pytest
-from test_sharded_step import small_config
+from test_sharded_step import small_config, small_data
 
 from superclip_jax import optim, sharding, train_state, train_step
-from superclip_jax.data import synthetic
 from superclip_jax.errors import UserError
 from superclip_jax.models.superclip import ModelConfig, ModelDef
 
@@ -21,7 +20,7 @@ def _grads(config, mesh_shape):
   tx, _ = optim.make_optimizer(config, model_def.shapes(), model_def.logical_axes(), 10)
   counts = train_state.initial_idf_counts(config, model_def.cfg.variant)
   state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=2)
+  data = small_data(seed=2)
   batch = sharding.global_batch(data.batch(0, BATCH, sharding.local_rows(BATCH, mesh)), mesh, BATCH)
   loss_fn = train_step.make_loss_fn(model_def, config, rules)
 

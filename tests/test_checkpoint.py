@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_sharded_step import small_config
+from test_sharded_step import small_config, small_data
 
 from superclip_jax import checkpoint, export, idf, optim, sharding, train, train_state, train_step
 from superclip_jax.data import synthetic
@@ -26,7 +26,7 @@ def _state_on(config, mesh_shape, devices, steps=0):
   state, shardings = train_state.create_train_state(model_def, tx, counts, mesh, rules)
   if steps:
     step_fn, _ = train_step.jit_train_step(model_def, tx, schedule, config, shardings, mesh, rules)
-    data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=5)
+    data = small_data(seed=5)
     b = config.data.global_batch_size
     with jax.set_mesh(mesh):
       for s in range(steps):
@@ -112,9 +112,7 @@ def test_export_load_encode_matches_the_training_model(tmp_path):
   out = export.export(str(tmp_path / 'run'), str(tmp_path / 'model'))
   model = export.load(out)
   assert set(model.params) == {'image_tower', 'text_tower', 'logit_scale'}  # no classifier, optimizer or IDF
-  data = synthetic.SyntheticImageText(
-    image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=4
-  ).batch(0, 6)
+  data = small_data(seed=4).batch(0, 6)
   train_model = ModelDef(ModelConfig.from_config(config)).bind(jax.device_get(state.params))
   np.testing.assert_allclose(model.encode_image(data['images']), train_model.encode_image(data['images']), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(model.encode_text(data['text']), train_model.encode_text(data['text']), rtol=1e-5, atol=1e-6)

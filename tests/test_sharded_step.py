@@ -35,15 +35,33 @@ def small_config(**loss):
   return c
 
 
-def run_steps(config, mesh_shape, devices, steps=STEPS):
-  """Train `steps` steps on a mesh; returns (losses, params, idf counts, state shardings)."""
+def small_data(seed=1):
+  """Synthetic image-text batches of small_config's shapes."""
+  return synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=seed)
+
+
+def jitted_step(config, mesh_shape, devices=None, steps=STEPS):
+  """(run set-up, jitted train step) of config on a mesh for `steps` steps, set up as train.run sets a run up."""
   config = copy.deepcopy(config)
   config.mesh.shape, config.total_steps = mesh_shape, steps
-  setup = run_setup.prepare(config, devices=devices, training=False)  # as train.run sets a run up
+  setup = run_setup.prepare(config, devices=devices, training=False)
+  step_fn, _ = train_step.jit_train_step(
+    setup.model_def, setup.tx, setup.schedule, setup.config, setup.shardings, setup.mesh, setup.rules
+  )
+  return setup, step_fn
+
+
+def fresh_state(setup):
+  """(initial train state, its shardings) of a run set-up."""
+  return train_state.create_train_state(setup.model_def, setup.tx, setup.idf_counts, setup.mesh, setup.rules)
+
+
+def run_steps(config, mesh_shape, devices, steps=STEPS):
+  """Train `steps` steps on a mesh; returns (losses, params, idf counts, state shardings)."""
+  setup, step_fn = jitted_step(config, mesh_shape, devices, steps)
   mesh = setup.mesh
-  state, shardings = train_state.create_train_state(setup.model_def, setup.tx, setup.idf_counts, mesh, setup.rules)
-  step_fn, _ = train_step.jit_train_step(setup.model_def, setup.tx, setup.schedule, setup.config, shardings, mesh, setup.rules)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=1)
+  state, shardings = fresh_state(setup)
+  data = small_data()
   losses = []
   with jax.set_mesh(mesh):
     for s in range(steps):
@@ -91,7 +109,7 @@ def test_sharded_step_equals_single_device(single_device, mesh_shape):
 def test_online_idf_after_steps_matches_float64():
   config = small_config()
   _, _, counts, _ = run_steps(config, (1, 1, 1), jax.devices()[:1], steps=2)
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=1)
+  data = small_data()
   df = np.zeros(64, np.int64)
   for s in range(2):
     for row in data.batch(s, BATCH)['text']:

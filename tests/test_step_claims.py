@@ -2,16 +2,14 @@
 classifier, the ring contrastive loss (loss.chunked) equals the plain one, and the SuperClass recipe's learning rate is
 what the optimizer applies."""
 
-import copy
 import os
 
 import jax
 import numpy as np
 import pytest
-from test_sharded_step import BATCH, small_config
+from test_sharded_step import BATCH, fresh_state, jitted_step, small_config, small_data
 
-from superclip_jax import config_defaults, run_setup, sharding, train_state, train_step
-from superclip_jax.data import synthetic
+from superclip_jax import config_defaults, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,14 +19,9 @@ class Runner:
   (run_setup.prepare); each call starts from the same initial state."""
 
   def __init__(self, config, total_steps=3):
-    config = copy.deepcopy(config)
-    config.mesh.shape, config.total_steps = (8, 1, 1), total_steps
-    setup = run_setup.prepare(config, training=False)
+    setup, self.step_fn = jitted_step(config, (8, 1, 1), steps=total_steps)
     self.mesh, self.schedule = setup.mesh, setup.schedule
-    self.make_state = lambda: train_state.create_train_state(setup.model_def, setup.tx, setup.idf_counts, setup.mesh, setup.rules)
-    self.step_fn, _ = train_step.jit_train_step(
-      setup.model_def, setup.tx, setup.schedule, setup.config, setup.shardings, setup.mesh, setup.rules
-    )
+    self.make_state = lambda: fresh_state(setup)
 
   def __call__(self, local_batches, state=None):
     """(metrics of each step, final state) over the batches (numpy, global), from a fresh state unless given."""
@@ -48,7 +41,7 @@ class Runner:
 
 
 def _batches(n, seed=1, **kw):
-  data = synthetic.SyntheticImageText(image_size=16, vocab_size=64, context_length=16, sot_id=62, eot_id=63, pad_id=0, seed=seed)
+  data = small_data(seed)
   rows = [(0, BATCH)]
   return [dict(data.batch(s, BATCH, rows), **kw) for s in range(n)]
 

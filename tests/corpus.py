@@ -53,6 +53,16 @@ def write_tar(path: str, members: list[tuple[str, bytes]]) -> str:
   return path
 
 
+def built_records(out: str) -> list[dict]:
+  """Every record of a built shard folder, decoded, in the manifest's shard order."""
+  import grain
+
+  from superclip_jax.data import records
+
+  source = grain.sources.ArrayRecordDataSource([s['path'] for s in records.read_manifest(str(out))['shards']])
+  return [records.decode_record(source[i]) for i in range(len(source))]
+
+
 def bad_members() -> tuple[list[tuple[str, bytes]], dict[str, int], dict[str, int]]:
   """A tar's members with every kind of bad input; returns (members, expected skipped, expected repaired)."""
   good_jpeg = encode(picture(1), 'JPEG')

@@ -295,18 +295,13 @@ def test_converted_model_evaluates(hf_model, tmp_path):
 
 def _reference_scores(model, tokenizer, shards, templates):
   """Zero-shot top-1 (templates averaged per class) and label-matched retrieval R@1 of an HF CLIPModel."""
-  import glob
   import io
 
-  from array_record.python import array_record_module
   from PIL import Image
 
   from superclip_jax.data import records
 
-  recs = []
-  for path in sorted(glob.glob(os.path.join(shards, '*.array_record'))):
-    reader = array_record_module.ArrayRecordReader(path)
-    recs += [records.decode_record(r) for r in reader.read_all()]
+  recs = corpus.built_records(shards)
   class_names = records.read_manifest(shards)['class_names']
   transform = open_clip.transform.image_transform(32, is_train=False)
   pixels = torch.stack([transform(Image.open(io.BytesIO(r['image']))) for r in recs])

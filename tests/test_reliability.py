@@ -526,15 +526,8 @@ def test_a_key_goes_to_its_first_usable_sample(tmp_path):
   corpus.write_tar(str(tmp_path / 'b1.tar'), later)
   manifest = build.build(f'webdataset:{tmp_path}/b{{0..1}}.tar', str(tmp_path / 'two'), progress=False)
   assert manifest['num_records'] == 2 and manifest['skipped'] == {'missing_caption': 1}
-  keys = sorted(r['key'] for r in _records(tmp_path / 'two'))
+  keys = sorted(r['key'] for r in corpus.built_records(tmp_path / 'two'))
   assert keys == ['k', 'x']
-
-
-def _records(out):
-  import grain
-
-  source = grain.sources.ArrayRecordDataSource([s['path'] for s in records.read_manifest(str(out))['shards']])
-  return [records.decode_record(source[i]) for i in range(len(source))]
 
 
 def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
@@ -584,5 +577,5 @@ def test_a_hard_link_in_a_tar_reads_its_target(tmp_path):
     tar.addfile(link)
   manifest = build.build(f'webdataset:{path}', str(tmp_path / 'out'), progress=False)
   assert manifest['num_records'] == 2 and manifest['skipped'] == {}
-  images = {r['key']: r['image'] for r in _records(tmp_path / 'out')}
+  images = {r['key']: r['image'] for r in corpus.built_records(tmp_path / 'out')}
   assert images['a'] == images['b'] == jpeg
